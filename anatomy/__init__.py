@@ -1,0 +1,27 @@
+"""anatomy: audit preference data through the model that will be trained, then shape DPO.
+
+Stages (one module each): ``models`` (load the model, format pairs), ``data``
+(load and validate preference pairs), ``cache`` (pooled / streamed activations),
+``concepts`` (text-level concept annotators), ``organism`` (the embedded dataset).
+"""
+
+from .cache import PairActivations, cache_pairs, load_pair_activations, stream_pair_activations
+from .data import PreferenceDataError, load_eval_prompts, load_preferences, load_prompts_csv
+from .models import format_pair, format_prompt, load_hf_model, load_model, load_tokenizer
+
+__all__ = [
+    "PairActivations",
+    "PreferenceDataError",
+    "cache_pairs",
+    "format_pair",
+    "format_prompt",
+    "load_eval_prompts",
+    "load_hf_model",
+    "load_model",
+    "load_pair_activations",
+    "load_preferences",
+    "load_prompts_csv",
+    "load_tokenizer",
+    "stream_pair_activations",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,412 @@
+"""Stage 0 of the data flow: load preference pairs and prompt sets.
+
+Takes a source of DPO preference pairs (the embedded ``"organism"`` dataset, a local
+.jsonl/.json/.jsonl.gz/.parquet file or folder, a ``datasets.Dataset``, a list of
+dicts, or a Hugging Face hub id) in any of the common formats (TRL standard,
+conversational or implicit-prompt, UltraFeedback-binarized, HH-RLHF transcripts) and
+returns one canonical ``datasets.Dataset`` with columns ``id`` (str), ``prompt``
+(list of ``{"role", "content"}`` messages ending with a user turn), ``chosen`` (str),
+``rejected`` (str) plus the source's other columns unchanged as metadata.
+
+Bad rows raise :class:`PreferenceDataError` naming the pair id and the field, or,
+with ``strict=False``, are skipped and listed in a report DataFrame
+(``id``, ``index``, ``field``, ``reason``). Prompt-only sets (eval prompts, XSTest,
+AdvBench) load with :func:`load_eval_prompts` and :func:`load_prompts_csv`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+import datasets
+import pandas as pd
+
+ROLES = ("system", "user", "assistant")
+ORGANISM_SPLITS = ("train", "heldout", "clean")
+SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".parquet")
+REPORT_COLUMNS = ["id", "index", "field", "reason"]
+_CORE = ("id", "prompt", "chosen", "rejected")
+_HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):")
+_FEATURES = datasets.Features({
+    "id": datasets.Value("string"),
+    "prompt": [{"role": datasets.Value("string"), "content": datasets.Value("string")}],
+    "chosen": datasets.Value("string"),
+    "rejected": datasets.Value("string"),
+})
+
+
+class PreferenceDataError(ValueError):
+    """A preference pair is malformed; names the pair id, its row index and the field."""
+
+    def __init__(self, pair_id: str, field: str, reason: str, index: int | None = None):
+        super().__init__(f"pair {pair_id!r} field {field!r}: {reason}")
+        self.pair_id, self.field, self.reason, self.index = pair_id, field, reason, index
+
+
+class _Bad(Exception):
+    def __init__(self, field: str, reason: str):
+        self.field, self.reason = field, reason
+
+
+def data_dir() -> Path:
+    """The project's data folder: ``$ANATOMY_DATA_DIR`` if set, else ``<repo>/data``."""
+    env = os.environ.get("ANATOMY_DATA_DIR")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "data"
+
+
+# --------------------------------------------------------------------------- sources
+
+def _stem(path: Path) -> str:
+    name = path.name
+    return next((name[: -len(s)] for s in sorted(SUFFIXES, key=len, reverse=True)
+                 if name.endswith(s)), path.stem)
+
+
+def _read_file(path: Path) -> Iterator[Any]:
+    """Rows of one file; an unparseable JSON line is yielded as a :class:`_Bad` row."""
+    if path.name.endswith(".parquet"):
+        import pyarrow.parquet as pq
+        yield from pq.read_table(path).to_pylist()
+        return
+    with (gzip.open if path.name.endswith(".gz") else open)(path, "rt", encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    if path.name.endswith(".json"):
+        try:
+            obj = json.loads("\n".join(lines))
+            yield from obj if isinstance(obj, list) else [obj]
+            return
+        except json.JSONDecodeError:  # JSON lines saved as .json
+            pass
+    for line_no, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as e:
+                yield _Bad("row", f"invalid JSON on line {line_no}: {e}")
+
+
+def _local_files(path: Path, split: str | None) -> list[Path]:
+    if path.is_file():
+        return [path]
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(SUFFIXES))
+    if split is not None:
+        files = [p for p in files if _stem(p) == split or p.name.startswith(f"{split}-")]
+    if not files:
+        what = f"no {split}.* file" if split else "no .jsonl/.json/.jsonl.gz/.parquet file"
+        raise FileNotFoundError(f"{what} in folder {path}")
+    return files
+
+
+def _rows(source: Any, split: str | None) -> Iterator[tuple[Any, str]]:
+    """Yield ``(row, default_id)`` for every row of the source, lazily."""
+    if isinstance(source, datasets.DatasetDict):
+        source = source[split or "train"]
+    if isinstance(source, pd.DataFrame):
+        source = datasets.Dataset.from_pandas(source, preserve_index=False)
+    if isinstance(source, (datasets.Dataset, list, tuple)):
+        yield from ((row, f"pair-{i}") for i, row in enumerate(source))
+        return
+    if isinstance(source, str) and source == "organism":
+        split = split or "train"
+        if split not in ORGANISM_SPLITS:
+            raise ValueError(f"unknown organism split {split!r}; known: {ORGANISM_SPLITS}")
+        source = data_dir() / "organism" / f"{split}.jsonl"
+        if not source.exists():
+            raise FileNotFoundError(f"the embedded organism dataset has not been generated "
+                                    f"yet: {source} does not exist")
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"unsupported source type {type(source).__name__}")
+    path = Path(source)
+    if path.exists():
+        for file in _local_files(path, split):
+            yield from ((row, f"{_stem(file)}-{i}") for i, row in enumerate(_read_file(file)))
+        return
+    if isinstance(source, os.PathLike) or str(source).endswith(SUFFIXES):
+        raise FileNotFoundError(f"no such file or folder: {path}")
+    try:
+        ds = datasets.load_dataset(source, split=split or "train")
+    except Exception as e:
+        raise ConnectionError(
+            f"could not load {source!r} from the Hugging Face hub ({type(e).__name__}: {e}). "
+            "The hub may be unreachable from this machine: pass a local .jsonl/.json/"
+            ".jsonl.gz/.parquet file or folder instead (it is not a local path either)."
+        ) from e
+    yield from ((row, f"pair-{i}") for i, row in enumerate(ds))
+
+
+# ----------------------------------------------------------------------- row parsing
+
+def _messages(value: Any, field: str) -> list[dict[str, str]]:
+    out = []
+    for k, m in enumerate(value):
+        if not isinstance(m, Mapping) or m.get("role") is None or m.get("content") is None:
+            raise _Bad(field, f"message {k} has no role or content")
+        if m["role"] not in ROLES:
+            raise _Bad(field, f"message {k} has role {m['role']!r}, expected one of {ROLES}")
+        if not isinstance(m["content"], str):
+            raise _Bad(field, f"message {k}: wrong type: expected str, got {type(m['content']).__name__}")
+        out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+def _hh_turns(text: str, field: str) -> list[dict[str, str]]:
+    parts = _HH_TURN.split(text)
+    if parts[0].strip() or len(parts) < 3:
+        raise _Bad(field, "not an HH-RLHF transcript ('\\n\\nHuman: ...\\n\\nAssistant: ...')")
+    role = {"Human": "user", "Assistant": "assistant"}
+    return [{"role": role[r], "content": c[1:] if c.startswith(" ") else c}
+            for r, c in zip(parts[1::2], parts[2::2])]
+
+
+def _split_conversations(c: list[dict], r: list[dict], what: str) -> tuple[list, str, str]:
+    """Shared prefix of two full conversations as prompt, last assistant turns as responses."""
+    for field, conv in (("chosen", c), ("rejected", r)):
+        if not conv or conv[-1]["role"] != "assistant":
+            raise _Bad(field, f"{what} does not end with an assistant turn")
+    if c[:-1] != r[:-1]:
+        raise _Bad("prompt", f"chosen and rejected {what}s diverge before the last turn")
+    return c[:-1], c[-1]["content"], r[-1]["content"]
+
+
+def _response(value: str | list, field: str) -> str:
+    if isinstance(value, str):
+        return value
+    msgs = _messages(value, field)
+    if len(msgs) != 1 or msgs[0]["role"] != "assistant":
+        raise _Bad(field, f"expected a single assistant message, got {len(msgs)} message(s) "
+                          "(only a single final assistant turn is supported)")
+    return msgs[0]["content"]
+
+
+def _parse(row: Any, fmt: str) -> tuple[list[dict[str, str]], str, str]:
+    """Return ``(prompt messages, chosen, rejected)`` of one row or raise :class:`_Bad`."""
+    if isinstance(row, _Bad):
+        raise row
+    if not isinstance(row, Mapping):
+        raise _Bad("row", f"wrong type: expected a mapping, got {type(row).__name__}")
+    for field in (("prompt",) if fmt == "prompt" else ()) + ("chosen", "rejected"):
+        if row.get(field) is None:
+            raise _Bad(field, "missing field")
+    want = {"hh": str, "implicit": list}.get(fmt, (str, list))
+    for field in ("chosen", "rejected"):
+        if not isinstance(row[field], want):
+            expected = {str: "str", list: "list of messages"}.get(want, "str or list of messages")
+            raise _Bad(field, f"wrong type: expected {expected}, got {type(row[field]).__name__}")
+    if fmt == "hh":
+        return _split_conversations(*(_hh_turns(row[f], f) for f in ("chosen", "rejected")), "transcript")
+    prompt = row.get("prompt")
+    if fmt == "implicit" or isinstance(prompt, str) and all(  # UltraFeedback-binarized
+            isinstance(row[f], list) and len(row[f]) > 1 for f in ("chosen", "rejected")):
+        return _split_conversations(*(_messages(row[f], f) for f in ("chosen", "rejected")), "conversation")
+    if isinstance(prompt, str):
+        prompt = [{"role": "user", "content": prompt}]
+    elif isinstance(prompt, list):
+        prompt = _messages(prompt, "prompt")
+    else:
+        raise _Bad("prompt", f"wrong type: expected str or list of messages, got {type(prompt).__name__}")
+    return prompt, _response(row["chosen"], "chosen"), _response(row["rejected"], "rejected")
+
+
+def _check(prompt: list[dict], chosen: str, rejected: str) -> None:
+    if not prompt or prompt[-1]["role"] != "user":
+        got = prompt[-1]["role"] if prompt else "no message"
+        raise _Bad("prompt", f"the last prompt message must be a user turn, got {got}")
+    for field, text in (("chosen", chosen), ("rejected", rejected)):
+        if not text.strip():
+            raise _Bad(field, "empty response")
+    if chosen == rejected:
+        raise _Bad("chosen", "chosen identical to rejected")
+
+
+def _n_tokens(tokenizer: Any, messages: list[dict]) -> int:
+    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False)
+    if isinstance(out, Mapping) or hasattr(out, "input_ids"):
+        out = out["input_ids"]
+    if hasattr(out, "shape"):  # tensor or array
+        return int(out.shape[-1])
+    return len(out[0]) if out and isinstance(out[0], (list, tuple)) else len(out)
+
+
+def _detect(rows: Iterator[tuple[Any, str]]) -> tuple[str, Iterator[tuple[Any, str]]]:
+    """Detect the dataset's format from its first row with a str or list ``chosen``."""
+    head, fmt = [], "prompt"
+    for item in rows:
+        head.append(item)
+        row = item[0]
+        if isinstance(row, Mapping) and isinstance(row.get("chosen"), (str, list)):
+            if "prompt" not in row:
+                chosen = row["chosen"]
+                fmt = "implicit" if isinstance(chosen, list) else "hh" if _HH_TURN.search(chosen) else fmt
+            break
+    return fmt, chain(head, rows)
+
+
+# ------------------------------------------------------------------------ public API
+
+def load_preferences(
+    source: str | os.PathLike | datasets.Dataset | pd.DataFrame | list[dict],
+    split: str | None = None,
+    limit: int | None = None,
+    strict: bool = True,
+    *,
+    tokenizer: Any = None,
+    max_length: int | None = None,
+) -> datasets.Dataset | tuple[datasets.Dataset, pd.DataFrame]:
+    """Load DPO preference pairs into the canonical format.
+
+    Args:
+        source: ``"organism"`` (``<data_dir>/organism/{split}.jsonl``), a path to a
+            .jsonl/.json/.jsonl.gz/.parquet file or a folder of them (``{split}.*`` or
+            ``{split}-*`` files when ``split`` is given), a ``datasets.Dataset`` (or
+            ``DatasetDict``), a DataFrame, a list of dicts, or any other string as a
+            Hugging Face hub dataset id. The format is detected from the first row.
+        split: Split name; ``"train"`` by default for the organism and the hub.
+        limit: Keep the first ``limit`` valid pairs; later rows are not read.
+        strict: Raise on the first bad row (True) or skip bad rows and report them.
+        tokenizer: If given, pairs whose prompt plus longer response exceeds
+            ``max_length`` tokens under the tokenizer's chat template are bad.
+        max_length: Token limit; defaults to ``tokenizer.model_max_length`` when that
+            is a sane int (< 1e6), otherwise the length check is skipped.
+
+    Returns:
+        The dataset (columns ``id``, ``prompt``, ``chosen``, ``rejected`` + metadata),
+        or with ``strict=False`` a tuple ``(dataset, report)`` where ``report`` has
+        one row (``id``, ``index``, ``field``, ``reason``) per skipped source row.
+
+    Raises:
+        PreferenceDataError: ``strict=True`` and a row is malformed.
+        FileNotFoundError: A local source or the organism split is missing.
+        ConnectionError: A hub id could not be loaded (e.g. the hub is unreachable).
+    """
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    if tokenizer is not None and max_length is None:
+        mml = getattr(tokenizer, "model_max_length", None)
+        max_length = mml if isinstance(mml, int) and 0 < mml < 1_000_000 else None
+    fmt, rows = _detect(_rows(source, split))
+    kept, skipped, seen = [], [], {}
+    for index, (row, default_id) in enumerate(rows):
+        if limit is not None and len(kept) >= limit:
+            break
+        raw_id = row.get("id") if isinstance(row, Mapping) else None
+        pair_id = default_id if raw_id is None else str(raw_id)
+        try:
+            if pair_id in seen:
+                raise _Bad("id", f"duplicate id (first seen at row {seen[pair_id]})")
+            seen[pair_id] = index
+            prompt, chosen, rejected = _parse(row, fmt)
+            _check(prompt, chosen, rejected)
+            if tokenizer is not None and max_length is not None:
+                n = max(_n_tokens(tokenizer, prompt + [{"role": "assistant", "content": text}])
+                        for text in (chosen, rejected))
+                if n > max_length:
+                    raise _Bad("prompt", f"too long for the model's context: {n} tokens > {max_length}")
+        except _Bad as bad:
+            if strict:
+                raise PreferenceDataError(pair_id, bad.field, bad.reason, index) from None
+            skipped.append({"id": pair_id, "index": index, "field": bad.field, "reason": bad.reason})
+            continue
+        meta = {k: v for k, v in row.items() if k not in _CORE}
+        kept.append({"id": pair_id, "prompt": prompt, "chosen": chosen, "rejected": rejected, **meta})
+    ds = _from_records(kept) if kept else datasets.Dataset.from_dict(
+        {k: [] for k in _FEATURES}, features=_FEATURES)
+    if strict:
+        return ds
+    return ds, pd.DataFrame(skipped, columns=REPORT_COLUMNS)
+
+
+def _from_records(records: list[dict]) -> datasets.Dataset:
+    """``Dataset.from_list`` over the union of the records' keys (missing values become None)."""
+    keys = list(dict.fromkeys(k for r in records for k in r))
+    return datasets.Dataset.from_list([{k: r.get(k) for k in keys} for r in records])
+
+
+def _prompt_records(records: Iterable[dict], ids: Iterable[str], prompt_key: str) -> list[dict]:
+    out = []
+    for rid, rec in zip(ids, records):
+        text = rec.get(prompt_key)
+        if not isinstance(text, str) or not text.strip():
+            reason = "empty prompt" if isinstance(text, str) else f"expected str, got {type(text).__name__}"
+            raise ValueError(f"prompt {rid!r} field {prompt_key!r}: {reason}")
+        meta = {k: v for k, v in rec.items() if k not in ("id", prompt_key)}
+        out.append({"id": rid, "prompt": [{"role": "user", "content": text}], **meta})
+    return out
+
+
+def load_eval_prompts(family: str | list[str] | None = None) -> datasets.Dataset:
+    """Load the project's eval prompts from ``<data_dir>/eval/prompts.jsonl``.
+
+    Args:
+        family: Keep only prompts of this family (or these families).
+
+    Returns:
+        Dataset with ``id``, ``family``, ``prompt`` (``[{"role": "user", ...}]``) and
+        the file's other fields as metadata.
+
+    Raises:
+        FileNotFoundError: The prompts file does not exist.
+        ValueError: An unknown family was asked for, or a line lacks a prompt.
+    """
+    path = data_dir() / "eval" / "prompts.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"eval prompts file not found: {path} (set ANATOMY_DATA_DIR "
+                                "if your data folder lives elsewhere)")
+    records = list(_read_file(path))
+    if bad := next((r for r in records if not isinstance(r, Mapping)), None):
+        raise ValueError(f"{path}: {getattr(bad, 'reason', 'a line is not a JSON object')}")
+    known = sorted({str(r.get("family")) for r in records})
+    if family is not None:
+        wanted = [family] if isinstance(family, str) else list(family)
+        unknown = [f for f in wanted if f not in known]
+        if unknown:
+            raise ValueError(f"unknown prompt family {unknown}; known families: {known}")
+        records = [r for r in records if r.get("family") in wanted]
+    ids = [str(r["id"]) if r.get("id") is not None else f"prompt-{i}" for i, r in enumerate(records)]
+    return _from_records(_prompt_records(records, ids, "prompt"))
+
+
+def load_prompts_csv(
+    path: str | os.PathLike,
+    prompt_column: str,
+    *,
+    id_column: str | None = None,
+    limit: int | None = None,
+) -> datasets.Dataset:
+    """Load a CSV of prompts (e.g. XSTest, AdvBench) as single-turn chat prompts.
+
+    Args:
+        path: CSV file.
+        prompt_column: Column holding the prompt text (``"prompt"``, ``"goal"``).
+        id_column: Column holding ids (cast to str); default ``"id"`` if present,
+            else ids are ``f"{file stem}-{row}"``.
+        limit: Keep the first ``limit`` rows.
+
+    Returns:
+        Dataset with ``id``, ``prompt`` (``[{"role": "user", "content": ...}]``) and the
+        other columns as metadata (empty cells become None).
+
+    Raises:
+        ValueError: The prompt column is absent, or a prompt is empty.
+    """
+    path = Path(path)
+    df = pd.read_csv(path, keep_default_na=False, na_values=[""], nrows=limit)
+    if prompt_column not in df.columns:
+        raise ValueError(f"{path}: no column {prompt_column!r}; columns: {list(df.columns)}")
+    id_column = id_column or ("id" if "id" in df.columns else None)
+    if id_column is not None and id_column not in df.columns:
+        raise ValueError(f"{path}: no column {id_column!r}; columns: {list(df.columns)}")
+    records = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+               for r in df.to_dict("records")]
+    ids = ([str(r[id_column]) for r in records] if id_column
+           else [f"{path.stem}-{i}" for i in range(len(records))])
+    for r in records:
+        r.pop(id_column, None)
+    return _from_records(_prompt_records(records, ids, prompt_column))
