@@ -73,7 +73,9 @@ def peak_rss_mb() -> float:
 
 
 def rss_worker(n: int) -> None:
-    t = time.perf_counter()
+    import transformer_lens.model_bridge  # noqa: F401  (import time is not load time)
+
+    t = time.perf_counter()  # the de-quantised cache exists by now: this is a "second load"
     model = load_model()
     load_s = time.perf_counter() - t
     pairs, _ = bench_pairs(model.tokenizer, n)
