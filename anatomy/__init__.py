@@ -2,14 +2,41 @@
 
 Stages (one module each): ``models`` (load the model, format pairs), ``data``
 (load and validate preference pairs), ``cache`` (pooled / streamed activations),
-``concepts`` (text-level concept annotators), ``organism`` (the embedded dataset).
+``concepts`` (text-level concept annotators), ``organism`` (the embedded dataset),
+``probes`` (difference-of-means directions and linear probes).
 """
 
 from .cache import PairActivations, cache_pairs, load_pair_activations, stream_pair_activations
 from .data import PreferenceDataError, load_eval_prompts, load_preferences, load_prompts_csv
 from .models import format_pair, format_prompt, load_hf_model, load_model, load_tokenizer
+from .probes import (
+    Direction,
+    Probe,
+    contrastive_prompt_direction,
+    diff_of_means,
+    direction_from_labels,
+    evaluate_direction,
+    fit_probe,
+    heldout_auroc,
+    last_token_activations,
+    project,
+    project_spans,
+    refusal_direction,
+)
 
 __all__ = [
+    "Direction",
+    "Probe",
+    "contrastive_prompt_direction",
+    "diff_of_means",
+    "direction_from_labels",
+    "evaluate_direction",
+    "fit_probe",
+    "heldout_auroc",
+    "last_token_activations",
+    "project",
+    "project_spans",
+    "refusal_direction",
     "PairActivations",
     "PreferenceDataError",
     "cache_pairs",
