@@ -5,7 +5,7 @@ Same pairs, same dtype, same threads, same length-sorted padded batches:
   (a)   plain Hugging Face forward with output_hidden_states=True, then the same pooling
   (b)   TransformerLens run_with_cache with no names filter, then the same pooling
 Peak RSS of cache_pairs is measured in fresh subprocesses at N and 4N pairs.
-Prints one JSON line. Usage: python benchmarks/bench_cache.py [--quick]
+Prints one JSON line and writes results/bench_cache.json. Usage: python benchmarks/bench_cache.py [--quick]
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def main() -> None:
         results[name] = run()
         times[name] = time.perf_counter() - t
 
-    print(json.dumps({
+    result = {
         "source": Path(source).name, "n_pairs": n, "n_tokens": n_tokens, "hook": hook,
         "dtype": str(model.cfg.dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
         "tokens_per_s": round(n_tokens / times["ours"], 1),
@@ -130,7 +130,11 @@ def main() -> None:
         "peak_rss_mb_this_process_incl_tl_full_cache": round(peak_rss_mb(), 1),
         "rss_growth_4x": round(workers[4 * n]["peak_rss_mb"] / workers[n]["peak_rss_mb"] - 1, 3),
         "second_load_s": workers[4 * n]["load_s"],
-    }))
+    }
+    print(json.dumps(result))
+    out = ROOT / "results" / ("bench_cache_quick.json" if args.quick else "bench_cache.json")
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
