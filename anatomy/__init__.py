@@ -3,10 +3,12 @@
 Stages (one module each): ``models`` (load the model, format pairs), ``data``
 (load and validate preference pairs), ``cache`` (pooled / streamed activations),
 ``concepts`` (text-level concept annotators), ``organism`` (the embedded dataset),
-``probes`` (difference-of-means directions and linear probes).
+``probes`` (difference-of-means directions and linear probes), ``contrast``
+(paired statistics of chosen vs rejected concept scores).
 """
 
 from .cache import PairActivations, cache_pairs, load_pair_activations, stream_pair_activations
+from .contrast import paired_stats, plot_hypotheses, plot_volcano, preference_regression
 from .data import PreferenceDataError, load_eval_prompts, load_preferences, load_prompts_csv
 from .models import format_pair, format_prompt, load_hf_model, load_model, load_tokenizer
 from .probes import (
@@ -25,6 +27,10 @@ from .probes import (
 )
 
 __all__ = [
+    "paired_stats",
+    "plot_hypotheses",
+    "plot_volcano",
+    "preference_regression",
     "Direction",
     "Probe",
     "contrastive_prompt_direction",
