@@ -4,11 +4,23 @@ Stages (one module each): ``models`` (load the model, format pairs), ``data``
 (load and validate preference pairs), ``cache`` (pooled / streamed activations),
 ``concepts`` (text-level concept annotators), ``organism`` (the embedded dataset),
 ``probes`` (difference-of-means directions and linear probes), ``contrast``
-(paired statistics of chosen vs rejected concept scores).
+(paired statistics of chosen vs rejected concept scores), ``saes`` (the SAE lens:
+training, per-span feature summaries, concept clusters, offline labels), ``viz``.
 """
 
 from .cache import PairActivations, cache_pairs, load_pair_activations, stream_pair_activations
 from .contrast import paired_stats, plot_hypotheses, plot_volcano, preference_regression
+from .saes import (
+    PairFeatures,
+    cluster_features,
+    cluster_scores,
+    feature_summaries,
+    label_clusters,
+    label_features,
+    load_sae,
+    sae_metrics,
+    train_sae,
+)
 from .data import PreferenceDataError, load_eval_prompts, load_preferences, load_prompts_csv
 from .models import format_pair, format_prompt, load_hf_model, load_model, load_tokenizer
 from .probes import (
@@ -27,6 +39,15 @@ from .probes import (
 )
 
 __all__ = [
+    "PairFeatures",
+    "cluster_features",
+    "cluster_scores",
+    "feature_summaries",
+    "label_clusters",
+    "label_features",
+    "load_sae",
+    "sae_metrics",
+    "train_sae",
     "paired_stats",
     "plot_hypotheses",
     "plot_volcano",

@@ -1,0 +1,1172 @@
+"""Stage 2a: the SAE lens — train / load an SAE, summarise pairs, cluster features into concepts.
+
+Takes a model (``load_model``), preference pairs (``load_preferences``) and an SAE
+(``load_sae()``: the shipped BatchTopK SAE on one residual layer of the default
+model, or any SAELens release); returns
+
+- ``PairFeatures``: per pair and span (``prompt`` / ``chosen`` / ``rejected``) each
+  feature's max activation and firing frequency, as ``scipy.sparse.csr_matrix``
+  of shape ``[n_pairs, d_sae]`` (``feature_summaries``);
+- concept clusters of co-firing features, a DataFrame ``feature -> cluster``
+  (``cluster_features``: NMI of binary firing, top 1% of feature pairs as a graph,
+  Leiden), and per-pair cluster scores (``cluster_scores``);
+- navigation labels from top-activating contexts (``label_features``,
+  ``label_clusters``).
+
+Training (``train_sae``, ``python -m anatomy.saes train --layer L``) uses
+SAELens's ``BatchTopKTrainingSAE`` in a small in-memory loop over token
+activations of the organism's train split (prompts and both responses; the
+responses are SmolLM2-135M-Instruct's own generations on those prompts). The
+trained SAE is shipped as a SAELens ``TopKSAE`` (exactly ``k`` latents per
+token, unit-norm decoder rows, the activation-norm scaling folded in), with
+``cfg.json`` (``TopKSAEConfig.to_dict()``; metadata: hook name, scaling factor,
+training tokens, epochs, seed, metrics) beside ``sae_weights.safetensors`` (fp16).
+
+Rebuild the shipped SAE with ``python -m anatomy.saes train --layer 12 --threads 1``
+(800 random train pairs, 10% of their prompts held out; measured on a shared 2-core
+CPU: 11 min to collect the activations, 11 min to train) and the layer sweep table
+``anatomy/assets/layer_sweep.csv`` with ``python -m anatomy.saes sweep --threads 1``
+(13 min).
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .cache import SPANS, _forward_sequences, _hook_layer, stream_pair_activations, tokenize_pairs
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+DEFAULT_LAYER = 12  # overwritten below by the shipped directory's name, if present
+SAE_PREFIX = "sae-smollm2-135m"
+WEIGHTS_FILE = "sae_weights.safetensors"
+CFG_FILE = "cfg.json"
+SWEEP_FILE = "layer_sweep.csv"
+
+
+def sae_dir_name(layer: int, expansion: int = 8) -> str:
+    """Directory name of a shipped SAE: ``sae-smollm2-135m-L{layer}-{expansion}x``."""
+    return f"{SAE_PREFIX}-L{layer}-{expansion}x"
+
+
+def shipped_saes() -> list[str]:
+    """Names of the SAEs shipped under ``anatomy/assets``."""
+    if not ASSETS.exists():
+        return []
+    return sorted(p.name for p in ASSETS.iterdir() if (p / CFG_FILE).exists() and p.name.startswith(SAE_PREFIX))
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+class SAENotAvailableError(RuntimeError):
+    """The requested SAE is neither shipped nor reachable on the hub."""
+
+
+def load_sae(name: str | None = None, *, release: str | None = None, sae_id: str | None = None,
+             device: str = "cpu"):
+    """Load an SAE as a SAELens ``SAE`` object (``encode`` / ``decode`` as SAELens defines them).
+
+    Args:
+        name: a shipped SAE (``shipped_saes()``) or a local directory holding
+            ``cfg.json`` + ``sae_weights.safetensors``; ``None``: the shipped default.
+        release, sae_id: a SAELens pretrained release (``SAE.from_pretrained``),
+            e.g. ``release="gemma-scope-2b-pt-res-canonical"``,
+            ``sae_id="layer_12/width_16k/canonical"``; needs the hub.
+        device: torch device.
+
+    Returns:
+        a SAELens SAE (the shipped one is a ``TopKSAE`` in float32);
+        ``sae.cfg.metadata.hook_name`` names the hook it reads, e.g.
+        ``blocks.12.hook_resid_post``.
+    """
+    from sae_lens import SAE
+
+    if release is not None or sae_id is not None:
+        if release is None or sae_id is None:
+            raise ValueError("pass both release= and sae_id= to load a SAELens pretrained SAE")
+        try:
+            return SAE.from_pretrained(release, sae_id, device=device)
+        except Exception as err:  # offline hub, unknown release, ...
+            raise SAENotAvailableError(
+                f"could not load SAE release={release!r} sae_id={sae_id!r} from the hub ({type(err).__name__}: "
+                f"{err}). The hub may be unreachable from this machine; load_sae() without arguments "
+                f"gives the shipped SAE ({', '.join(shipped_saes()) or 'none shipped'})."
+            ) from err
+    if name is None:
+        names = shipped_saes()
+        if not names:
+            raise SAENotAvailableError(f"no SAE is shipped under {ASSETS}; train one with "
+                                       "`python -m anatomy.saes train --layer 12`")
+        path = ASSETS / names[0]
+    else:
+        path = ASSETS / name if (ASSETS / name / CFG_FILE).exists() else Path(name)
+    if not (path / CFG_FILE).exists():
+        raise SAENotAvailableError(f"no {CFG_FILE} in {path}; shipped SAEs: {shipped_saes()}")
+    return SAE.load_from_disk(path, device=device, dtype="float32")
+
+
+def save_sae(sae, path: str | Path, *, dtype: torch.dtype = torch.float16) -> Path:
+    """Write ``sae_weights.safetensors`` (in ``dtype``) and ``cfg.json`` (``sae.cfg.to_dict()``)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to(dtype).contiguous().cpu() for k, v in sae.state_dict().items()}
+    save_file(state, str(path / WEIGHTS_FILE))
+    (path / CFG_FILE).write_text(json.dumps(sae.cfg.to_dict(), indent=1, default=_json_default))
+    return path
+
+
+def _json_default(x):
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating,)):
+        return float(x)
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"not JSON serialisable: {type(x)}")
+
+
+def sae_hook(sae) -> str:
+    """The hook an SAE reads (``sae.cfg.metadata.hook_name``)."""
+    hook = getattr(sae.cfg.metadata, "hook_name", None)
+    if not hook:
+        raise ValueError("the SAE's cfg.metadata has no hook_name; pass hook= explicitly")
+    return hook
+
+
+# ----------------------------------------------------------------------------- token activations
+
+
+@dataclass(frozen=True)
+class TokenActivations:
+    """Per-token activations of a set of pairs, each distinct sequence forwarded once.
+
+    ``acts[hook]`` is ``Tensor[n_tokens, d_model]``; ``pair_index[t]`` is the row
+    (in ``pairs``) of the first pair the token came from, ``span[t]`` its span
+    (0 prompt, 1 chosen, 2 rejected), ``segment[t]`` the distinct segment it belongs
+    to; ``pair_segments[i, s]`` is the segment of pair i's span s (a prompt shared by
+    several pairs, or an identical response, is one segment).
+    """
+
+    acts: dict[str, Tensor]
+    pair_index: np.ndarray
+    span: np.ndarray
+    segment: np.ndarray
+    pair_segments: np.ndarray
+    ids: list[str]
+
+    def pooled(self, hook: str, span: str, pooling: str = "mean") -> Float[Tensor, "pair d"]:
+        """``Tensor[n_pairs, d]``: mean (or max) over each pair's span tokens."""
+        s = SPANS.index(span)
+        seg = torch.as_tensor(self.segment, dtype=torch.long)
+        n_seg = int(self.segment.max()) + 1 if len(self.segment) else 0
+        x = self.acts[hook].float()
+        if pooling == "mean":
+            sums = torch.zeros(n_seg, x.shape[1]).index_add_(0, seg, x)
+            counts = torch.bincount(seg, minlength=n_seg).clamp(min=1).unsqueeze(1)
+            table = sums / counts
+        elif pooling == "max":
+            table = torch.full((n_seg, x.shape[1]), -torch.inf).index_reduce_(0, seg, x, "amax")
+        else:
+            raise ValueError(f"pooling {pooling!r} is not 'mean' or 'max'")
+        return table[torch.as_tensor(self.pair_segments[:, s], dtype=torch.long)]
+
+
+@torch.no_grad()
+def collect_activations(
+    model,
+    pairs: Sequence[dict],
+    hooks: str | Sequence[str],
+    *,
+    batch_tokens: int = 4096,
+    dtype: torch.dtype = torch.float32,
+    progress: bool = True,
+) -> TokenActivations:
+    """Per-token activations of pairs' prompts and responses, each distinct sequence forwarded once.
+
+    For SAE training. Identical (prompt + response) sequences, common when a
+    prompt has several pairs, are forwarded once; a prompt's tokens are kept
+    once per distinct prompt. All tokens are kept in memory, so use it on a
+    sample (~10^5–10^6 tokens), not on a whole large dataset.
+    """
+    hooks = (hooks,) if isinstance(hooks, str) else tuple(hooks)
+    tok = tokenize_pairs(model, pairs)
+    seqs, seq_key = [], {}
+    seg_of: dict[tuple, int] = {}
+    pair_segments = np.zeros((len(tok), 3), dtype=np.int64)
+    seg_src: list[tuple[int, int, np.ndarray, int]] = []  # (seq index, span, mask, first pair)
+    for i, item in enumerate(tok):
+        for s, side in ((1, "chosen"), (2, "rejected")):
+            enc = item[side]
+            key = tuple(enc["input_ids"])
+            if key not in seq_key:
+                seq_key[key] = len(seqs)
+                seqs.append(enc["input_ids"])
+            q = seq_key[key]
+            pm = np.asarray(enc["prompt_mask"])
+            rm = np.asarray(enc["response_mask"])
+            if s == 1:
+                pkey = ("prompt", tuple(np.asarray(enc["input_ids"])[pm]))
+                if pkey not in seg_of:
+                    seg_of[pkey] = len(seg_src)
+                    seg_src.append((q, 0, pm, i))
+                pair_segments[i, 0] = seg_of[pkey]
+            rkey = ("response", key)
+            if rkey not in seg_of:
+                seg_of[rkey] = len(seg_src)
+                seg_src.append((q, s, rm, i))
+            pair_segments[i, s] = seg_of[rkey]
+    by_seq: dict[int, list[int]] = {}
+    for g, (q, _, _, _) in enumerate(seg_src):
+        by_seq.setdefault(q, []).append(g)
+    parts: dict[str, list] = {h: [None] * len(seg_src) for h in hooks}
+    bar = tqdm(total=sum(len(s) for s in seqs), desc="collect tokens", unit="tok", disable=not progress)
+    for q, out in _forward_sequences(model, seqs, hooks, batch_tokens, "right"):
+        for g in by_seq[q]:
+            mask = torch.as_tensor(seg_src[g][2])
+            for h in hooks:
+                parts[h][g] = out[h][mask].to(dtype).cpu()
+        bar.update(len(seqs[q]))
+    bar.close()
+    lens = np.array([len(p) for p in parts[hooks[0]]])
+    ids = [item["id"] for item in tok]
+    return TokenActivations(
+        acts={h: torch.cat(parts[h]) for h in hooks},
+        pair_index=np.repeat([src[3] for src in seg_src], lens),
+        span=np.repeat([src[1] for src in seg_src], lens),
+        segment=np.repeat(np.arange(len(seg_src)), lens),
+        pair_segments=pair_segments,
+        ids=ids,
+    )
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _training_cfg(d_in: int, d_sae: int, k: int, hook_name: str | None, aux_coefficient: float = 1.0 / 32):
+    from sae_lens import BatchTopKTrainingSAEConfig
+
+    return BatchTopKTrainingSAEConfig(
+        d_in=d_in, d_sae=d_sae, k=k, dtype="float32", device="cpu",
+        rescale_acts_by_decoder_norm=True, aux_loss_coefficient=aux_coefficient, decoder_init_norm=0.1,
+    )
+
+
+def _to_inference(train_sae, scale: float, k: int, metadata: dict):
+    """A SAELens ``TopKSAE`` on raw activations from a BatchTopK training SAE on ``scale * x``.
+
+    Decoder rows are folded to unit norm; with inputs ``x`` instead of ``scale * x``
+    the latents are ``1 / scale`` of the training ones and the reconstruction is
+    ``x̂ = x̂_train / scale``: only ``b_enc`` and ``b_dec`` change.
+    """
+    from sae_lens import TopKSAE, TopKSAEConfig
+
+    with torch.no_grad():
+        norms = train_sae.W_dec.norm(dim=-1).clamp(min=1e-8)
+        W_dec = train_sae.W_dec / norms[:, None]
+        W_enc = train_sae.W_enc * norms[None, :]
+        b_enc = train_sae.b_enc * norms / scale
+        b_dec = train_sae.b_dec / scale
+    cfg = TopKSAEConfig(d_in=train_sae.cfg.d_in, d_sae=train_sae.cfg.d_sae, k=int(k), dtype="float32",
+                        device="cpu", apply_b_dec_to_input=True, normalize_activations="none",
+                        rescale_acts_by_decoder_norm=False)
+    for key, value in metadata.items():
+        cfg.metadata[key] = value
+    sae = TopKSAE(cfg)
+    sae.load_state_dict({"W_enc": W_enc.contiguous(), "W_dec": W_dec.contiguous(),
+                         "b_enc": b_enc.contiguous(), "b_dec": b_dec.contiguous()})
+    return sae.eval()
+
+
+def _batchtopk_step(sae, x: Float[Tensor, "batch d_in"], dead: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """One ``BatchTopKTrainingSAE`` training forward (SAELens's losses), computed sparsely.
+
+    The same quantities as ``sae.training_forward_pass`` (BatchTopK over the
+    batch, activations rescaled by decoder norms, MSE summed over dimensions,
+    the TopK auxiliary loss on dead latents, the threshold update), but the
+    decoder is applied to the ``k * batch`` selected latents only
+    (``embedding_bag``) and ``x @ W_enc`` is computed without an input gradient
+    (``b_dec``'s encoder-side gradient is taken through ``b_dec @ W_enc``): about
+    a third of the dense cost on a CPU.
+
+    Returns:
+        ``(loss, mse, fired)``: the loss to minimise, its MSE part, and the latents that fired.
+    """
+    cfg = sae.cfg
+    n, d_sae = x.shape[0], cfg.d_sae
+    norms = sae.W_dec.norm(dim=-1)
+    hidden_pre = (x @ sae.W_enc - sae.b_dec @ sae.W_enc + sae.b_enc) * norms
+    vals, idx = torch.topk(hidden_pre.relu().flatten(), int(cfg.k * n), sorted=False)
+    idx, order = idx.sort()
+    vals = vals[order]
+    rows, cols = idx // d_sae, idx % d_sae
+    offsets = torch.zeros(n, dtype=torch.long)
+    offsets[1:] = torch.bincount(rows, minlength=n).cumsum(0)[:-1]
+    W_unit = sae.W_dec / norms[:, None]
+    recon = torch.nn.functional.embedding_bag(cols, W_unit, offsets, mode="sum", per_sample_weights=vals) + sae.b_dec
+    mse = (recon - x).pow(2).sum(-1).mean()
+    loss = mse
+    if dead is not None and (num_dead := int(dead.sum())) > 0:
+        k_aux = cfg.d_in // 2
+        scale = min(num_dead / k_aux, 1.0)
+        k_aux = min(k_aux, num_dead)
+        aux_vals, aux_idx = torch.where(dead[None], hidden_pre, -torch.inf).topk(k_aux, sorted=False)
+        aux = torch.nn.functional.embedding_bag(aux_idx.flatten(), W_unit, torch.arange(0, n * k_aux, k_aux),
+                                                mode="sum", per_sample_weights=aux_vals.flatten())
+        residual = (x - recon).detach()
+        loss = loss + cfg.aux_loss_coefficient * scale * (aux - residual).pow(2).sum(-1).mean()
+    with torch.no_grad():
+        pos = vals > 0
+        if pos.any():
+            lr = cfg.topk_threshold_lr
+            sae.topk_threshold = (1 - lr) * sae.topk_threshold + lr * vals[pos].min().double()
+        fired = torch.zeros(d_sae, dtype=torch.bool)
+        fired[cols[pos]] = True
+    return loss, mse.detach(), fired
+
+
+def activation_scale(acts: Float[Tensor, "tok d"], n: int = 100_000, seed: int = 0) -> float:
+    """SAELens's ``expected_average_only_in`` factor: ``sqrt(d) / mean ||x||`` on a sample."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(acts), generator=g)[:n]
+    return float(math.sqrt(acts.shape[1]) / acts[idx].float().norm(dim=-1).mean())
+
+
+def train_sae(
+    acts: Float[Tensor, "tok d_model"],
+    *,
+    d_sae: int = 4608,
+    k: int = 32,
+    epochs: int = 2,
+    lr: float = 4e-4,
+    batch_size: int = 4096,
+    seed: int = 0,
+    hook_name: str | None = None,
+    eval_acts: Float[Tensor, "tok d_model"] | None = None,
+    dead_window: int = 100_000,
+    aux_coefficient: float = 1.0 / 32,
+    metadata: dict | None = None,
+    progress: bool = True,
+):
+    """Train a BatchTopK SAE (SAELens ``BatchTopKTrainingSAE``) on in-memory activations.
+
+    Activations are scaled by SAELens's ``expected_average_only_in`` factor
+    (mean norm ``sqrt(d_model)``; the factor is folded into the returned SAE and
+    recorded in ``cfg.metadata.norm_scaling_factor``). ``b_dec`` starts at the
+    data mean; Adam with a constant ``lr`` then linear decay over the last 20% of
+    steps, gradient norm clipped at 1; SAELens's TopK auxiliary loss (coefficient
+    ``aux_coefficient``) revives latents that have not fired in the last ``dead_window`` tokens.
+    Each step computes SAELens's BatchTopK losses sparsely (``_batchtopk_step``).
+
+    Args:
+        acts: training token activations ``[n_tokens, d_model]`` (shuffled here).
+        d_sae, k: latents and the BatchTopK mean number of active latents per token.
+        epochs, lr, batch_size, seed: the training loop.
+        hook_name: recorded in ``cfg.metadata.hook_name``.
+        eval_acts: held-out tokens for the returned metrics (default: ``acts``).
+        metadata: extra entries for ``cfg.metadata``.
+
+    Returns:
+        ``(sae, metrics)``: a SAELens ``TopKSAE`` on raw activations (exactly ``k``
+        latents per token at inference) and ``sae_metrics`` on ``eval_acts`` plus
+        ``train_dead_fraction`` (never fired on ``acts``), ``train_seconds`` and
+        ``train_tokens``.
+    """
+    from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE
+
+    t0 = time.time()
+    torch.manual_seed(seed)
+    n, d_in = acts.shape
+    scale = activation_scale(acts, seed=seed)
+    sae = BatchTopKTrainingSAE(_training_cfg(d_in, d_sae, k, hook_name, aux_coefficient))
+    with torch.no_grad():
+        sae.b_dec.copy_(acts[torch.randperm(n)[:100_000]].float().mean(0) * scale)
+    opt = torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999))
+    steps_per_epoch = max(1, n // batch_size)
+    total = steps_per_epoch * epochs
+    decay_from = int(0.8 * total)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 1.0 if s < decay_from else max(0.0, (total - s) / max(1, total - decay_from)))
+    last_fired = torch.zeros(d_sae, dtype=torch.long)  # tokens seen when each latent last fired
+    seen = 0
+    g = torch.Generator().manual_seed(seed)
+    bar = tqdm(total=total, desc=f"train SAE ({n:,} tokens x {epochs})", disable=not progress)
+    step = 0
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=g)
+        for b in range(steps_per_epoch):
+            x = acts[order[b * batch_size:(b + 1) * batch_size]].float() * scale
+            dead = (seen - last_fired) > dead_window if seen > dead_window else None
+            loss, mse, fired = _batchtopk_step(sae, x, dead)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            seen += len(x)
+            last_fired[fired] = seen
+            step += 1
+            if step % 5 == 0:
+                bar.set_postfix(mse=float(mse), dead=float(dead.float().mean()) if dead is not None else 0.0)
+            bar.update(1)
+    bar.close()
+    train_seconds = time.time() - t0
+    meta = {"hook_name": hook_name, "norm_scaling_factor": scale, "training_architecture": "batchtopk",
+            "batchtopk_threshold": float(sae.topk_threshold) / scale,
+            "train_tokens": int(n), "epochs": int(epochs), "seed": int(seed), "lr": lr, "batch_size": batch_size,
+            "dead_window": int(dead_window), "aux_coefficient": aux_coefficient}
+    meta.update(metadata or {})
+    inf = _to_inference(sae, scale, k, meta)
+    metrics = {k_: v for k_, v in sae_metrics(inf, eval_acts if eval_acts is not None else acts).items()
+               if k_ != "feature_density"}
+    metrics["train_dead_fraction"] = float((feature_density(inf, acts) == 0).mean())
+    metrics["train_seconds"] = round(train_seconds, 1)
+    metrics["train_tokens"] = int(n)
+    inf.cfg.metadata["metrics"] = metrics
+    return inf, metrics
+
+
+@torch.no_grad()
+def sae_metrics(sae, acts: Float[Tensor, "tok d_model"], *, batch_size: int = 8192) -> dict:
+    """Reconstruction and sparsity of an SAE on token activations.
+
+    Returns:
+        ``{"explained_variance": 1 - Σ||x - x̂||² / Σ||x - mean x||²,
+        "mse": mean squared error per token (sum over dims), "l0": mean active
+        latents per token, "dead_fraction": share of latents that never fire,
+        "n_tokens": int, "feature_density": np.ndarray[d_sae] (share of tokens
+        where each latent fires)}``.
+    """
+    mean = acts.float().mean(0)
+    sse = sst = l0 = 0.0
+    fires = torch.zeros(sae.cfg.d_sae, dtype=torch.long)
+    for b in range(0, len(acts), batch_size):
+        x = acts[b:b + batch_size].float()
+        z = sae.encode(x)
+        xh = sae.decode(z)
+        sse += float(((x - xh) ** 2).sum())
+        sst += float(((x - mean) ** 2).sum())
+        active = z > 0
+        l0 += float(active.sum())
+        fires += active.sum(0)
+    n = max(1, len(acts))
+    density = (fires.double() / n).numpy()
+    return {"explained_variance": 1.0 - sse / max(sst, 1e-12), "mse": sse / n, "l0": l0 / n,
+            "dead_fraction": float((fires == 0).float().mean()), "n_tokens": int(len(acts)),
+            "feature_density": density}
+
+
+@torch.no_grad()
+def feature_density(sae, acts: Float[Tensor, "tok d_model"], *, batch_size: int = 8192) -> np.ndarray:
+    """``np.ndarray[d_sae]``: share of tokens on which each latent fires (encode only)."""
+    fires = torch.zeros(sae.cfg.d_sae, dtype=torch.long)
+    for b in range(0, len(acts), batch_size):
+        fires += (sae.encode(acts[b:b + batch_size].float()) > 0).sum(0)
+    return (fires.double() / max(1, len(acts))).numpy()
+
+
+def _drop_outliers(acts: Tensor, ratio: float) -> tuple[Tensor, int]:
+    """Drop tokens whose norm exceeds ``ratio`` x the median (the first token's attention sink)."""
+    norms = acts.float().norm(dim=-1)
+    keep = norms <= ratio * norms.median()
+    return acts[keep], int((~keep).sum())
+
+
+# ----------------------------------------------------------------------------- layer sweep
+
+SWEEP_CONCEPTS = ("list_item", "bold", "header", "emoji", "refusal", "flattery", "hedge", "exclamation")
+
+
+def _probe_auroc(x: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int) -> float:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import GroupKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if y.sum() < 5 or (1 - y).sum() < 5:
+        return float("nan")
+    scores = np.zeros(len(y))
+    for tr, te in GroupKFold(n_splits=5).split(x, y, groups):
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000, random_state=seed))
+        clf.fit(x[tr], y[tr])
+        scores[te] = clf.decision_function(x[te])
+    return float(roc_auc_score(y, scores))
+
+
+def layer_sweep(
+    model,
+    pairs: Sequence[dict],
+    *,
+    layers: Sequence[int] = (6, 9, 12, 15, 18),
+    concepts: Sequence[str] = SWEEP_CONCEPTS,
+    d_sae: int = 4608,
+    k: int = 32,
+    epochs: int = 5,
+    lr: float = 1e-3,
+    batch_size: int = 1024,
+    heldout_fraction: float = 0.1,
+    max_norm_ratio: float = 10.0,
+    seed: int = 0,
+    batch_tokens: int = 4096,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Compare residual layers on a small sample: a quick SAE's fit, and linear probes for concepts.
+
+    One forward to the deepest layer collects every layer's tokens. Per layer: a
+    short BatchTopK training (``epochs`` over the sample, ``lr``, ``batch_size``) on the pairs not held out, its explained variance
+    on the held-out pairs' response tokens, dead fraction and L0; and, per
+    concept (``anatomy.concepts.annotate`` count > 0), the cross-validated AUROC
+    of a logistic probe on mean-pooled response activations (chosen and
+    rejected responses, folds grouped by pair).
+
+    Returns:
+        DataFrame, one row per layer: ``layer, explained_variance, dead_fraction,
+        l0, train_tokens, auroc_<concept>..., mean_auroc``.
+    """
+    from .concepts import annotate
+
+    hooks = [f"blocks.{L}.hook_resid_post" for L in layers]
+    tacts = collect_activations(model, pairs, hooks, batch_tokens=batch_tokens, progress=progress)
+    rng = np.random.default_rng(seed)
+    n = len(pairs)
+    held = np.zeros(n, dtype=bool)
+    held[rng.permutation(n)[: max(1, int(round(heldout_fraction * n)))]] = True
+    tok_held = held[tacts.pair_index]
+    texts = [pairs[i]["chosen"] for i in range(n)] + [pairs[i]["rejected"] for i in range(n)]
+    ann = annotate(texts)
+    groups = np.concatenate([np.arange(n), np.arange(n)])
+    rows = []
+    for L, h in zip(layers, hooks):
+        acts = tacts.acts[h]
+        train, n_out = _drop_outliers(acts[torch.as_tensor(~tok_held)], max_norm_ratio)
+        ev = acts[torch.as_tensor(tok_held & (tacts.span > 0))]
+        _, m = train_sae(train, d_sae=d_sae, k=k, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                         hook_name=h, eval_acts=ev, dead_window=min(100_000, len(train)), progress=progress)
+        row = {"layer": L, "explained_variance": m["explained_variance"], "dead_fraction": m["train_dead_fraction"],
+               "l0": m["l0"], "train_tokens": m["train_tokens"], "eval_tokens": m["n_tokens"],
+               "train_seconds": m["train_seconds"]}
+        pooled = torch.cat([tacts.pooled(h, "chosen"), tacts.pooled(h, "rejected")]).numpy()
+        aucs = []
+        for c in concepts:
+            y = (np.asarray(ann[c]) > 0).astype(int)
+            a = _probe_auroc(pooled, y, groups, seed)
+            row[f"auroc_{c}"] = a
+            if not math.isnan(a):
+                aucs.append(a)
+        row["mean_auroc"] = float(np.mean(aucs)) if aucs else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- per-span summaries
+
+
+@dataclass(frozen=True)
+class PairFeatures:
+    """Per pair and span, each SAE feature's max activation and firing frequency.
+
+    ``max[span]`` and ``freq[span]`` are ``scipy.sparse.csr_matrix`` of shape
+    ``[n_pairs, d_sae]`` (freq = share of the span's tokens where the feature
+    fires); ``n_tokens[span]`` is ``np.ndarray[n_pairs]``; rows follow ``ids``.
+    """
+
+    ids: list[str]
+    max: dict[str, sp.csr_matrix]
+    freq: dict[str, sp.csr_matrix]
+    n_tokens: dict[str, np.ndarray]
+    hook: str | None = None
+    d_sae: int = 0
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def spans(self) -> tuple[str, ...]:
+        return tuple(self.max)
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write ``features.npz`` (all matrices) and ``features.json`` (ids, hook, shapes)."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        arrays = {}
+        for stat, mats in (("max", self.max), ("freq", self.freq)):
+            for span, m in mats.items():
+                m = m.tocsr()
+                arrays[f"{stat}/{span}/data"] = m.data
+                arrays[f"{stat}/{span}/indices"] = m.indices
+                arrays[f"{stat}/{span}/indptr"] = m.indptr
+        for span, a in self.n_tokens.items():
+            arrays[f"n_tokens/{span}"] = a
+        np.savez_compressed(out / "features.npz", **arrays)
+        (out / "features.json").write_text(json.dumps(
+            {"ids": self.ids, "spans": list(self.max), "hook": self.hook, "d_sae": self.d_sae, "meta": self.meta},
+            default=_json_default))
+        return out
+
+    @classmethod
+    def load(cls, out_dir: str | Path) -> PairFeatures:
+        out = Path(out_dir)
+        info = json.loads((out / "features.json").read_text())
+        z = np.load(out / "features.npz")
+        shape = (len(info["ids"]), info["d_sae"])
+        mats = {"max": {}, "freq": {}}
+        for stat in mats:
+            for span in info["spans"]:
+                mats[stat][span] = sp.csr_matrix(
+                    (z[f"{stat}/{span}/data"], z[f"{stat}/{span}/indices"], z[f"{stat}/{span}/indptr"]), shape=shape)
+        n_tokens = {span: z[f"n_tokens/{span}"] for span in info["spans"]}
+        return cls(info["ids"], mats["max"], mats["freq"], n_tokens, info["hook"], info["d_sae"], info.get("meta", {}))
+
+
+class _CSRBuilder:
+    """Append sparse rows; memory is the nonzeros only."""
+
+    def __init__(self, d: int):
+        self.d, self.data, self.indices, self.indptr = d, [], [], [0]
+
+    def add(self, idx: np.ndarray, val: np.ndarray) -> None:
+        self.indices.append(idx.astype(np.int32))
+        self.data.append(val.astype(np.float32))
+        self.indptr.append(self.indptr[-1] + len(idx))
+
+    def build(self) -> sp.csr_matrix:
+        data = np.concatenate(self.data) if self.data else np.zeros(0, np.float32)
+        ind = np.concatenate(self.indices) if self.indices else np.zeros(0, np.int32)
+        return sp.csr_matrix((data, ind, np.asarray(self.indptr, dtype=np.int64)), shape=(len(self.indptr) - 1, self.d))
+
+
+@torch.no_grad()
+def span_summary(z: Float[Tensor, "tok d_sae"]) -> tuple[Tensor, Tensor, Tensor]:
+    """``(features, max, freq)`` of one span's latents: the features that fire, their max and share of tokens."""
+    if len(z) == 0:
+        e = torch.zeros(0)
+        return e.long(), e, e
+    active = z > 0
+    count = active.sum(0)
+    idx = torch.nonzero(count, as_tuple=True)[0]
+    return idx, z[:, idx].max(0).values, count[idx].double().div(len(z)).float()
+
+
+@torch.no_grad()
+def feature_summaries(
+    model,
+    sae,
+    pairs: Sequence[dict],
+    *,
+    hook: str | None = None,
+    batch_tokens: int = 4096,
+    chunk_pairs: int = 64,
+    progress: bool = True,
+) -> PairFeatures:
+    """Encode every pair's tokens with the SAE and keep per-span summaries only.
+
+    Streams per-token activations (``stream_pair_activations``), encodes each
+    span with ``sae.encode`` and keeps, per pair and span, each firing feature's
+    max activation and firing frequency (share of the span's tokens where its
+    latent is > 0). Sparse rows are appended as pairs go, so memory stays flat
+    in the number of pairs apart from the (sparse) result.
+
+    Args:
+        hook: the hook to read (default ``sae.cfg.metadata.hook_name``).
+
+    Returns:
+        ``PairFeatures`` with ``max`` / ``freq`` ``csr_matrix[n_pairs, d_sae]`` per span.
+    """
+    hook = hook or sae_hook(sae)
+    d_sae = sae.cfg.d_sae
+    mx = {s: _CSRBuilder(d_sae) for s in SPANS}
+    fq = {s: _CSRBuilder(d_sae) for s in SPANS}
+    ntok = {s: [] for s in SPANS}
+    ids = []
+    dtype = next(sae.parameters()).dtype
+    device = next(sae.parameters()).device
+    for pid, spans in stream_pair_activations(model, pairs, hook, batch_tokens=batch_tokens,
+                                              chunk_pairs=chunk_pairs, progress=progress):
+        ids.append(pid)
+        for s in SPANS:
+            x = spans[s]
+            z = sae.encode(x.to(device=device, dtype=dtype)) if len(x) else x.new_zeros(0, d_sae)
+            idx, vmax, vfreq = span_summary(z)
+            mx[s].add(idx.cpu().numpy(), vmax.cpu().numpy())
+            fq[s].add(idx.cpu().numpy(), vfreq.cpu().numpy())
+            ntok[s].append(len(x))
+    return PairFeatures(ids, {s: mx[s].build() for s in SPANS}, {s: fq[s].build() for s in SPANS},
+                        {s: np.asarray(ntok[s], dtype=np.int64) for s in SPANS}, hook, d_sae)
+
+
+# ----------------------------------------------------------------------------- concept clusters
+
+
+def _as_span_tuple(span: str | Sequence[str]) -> tuple[str, ...]:
+    return (span,) if isinstance(span, str) else tuple(span)
+
+
+def firing_matrix(features: PairFeatures, span: str | Sequence[str] = ("chosen", "rejected")) -> sp.csr_matrix:
+    """Binary firing ``[n_pairs * n_spans, d_sae]`` (freq > 0), spans stacked vertically."""
+    mats = []
+    for s in _as_span_tuple(span):
+        if s not in features.freq:
+            raise KeyError(f"span {s!r} is not in the features (spans: {features.spans})")
+        m = features.freq[s].tocsr().copy()
+        m.data = (m.data > 0).astype(np.float32)
+        m.eliminate_zeros()
+        mats.append(m)
+    return sp.vstack(mats).tocsr()
+
+
+def _xlogx_ratio(p_ab: np.ndarray, p_a: np.ndarray, p_b: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = p_ab * np.log(p_ab / (p_a * p_b))
+    return np.where(p_ab > 0, t, 0.0)
+
+
+def nmi_matrix(binary: sp.spmatrix | np.ndarray, *, block: int = 1024) -> np.ndarray:
+    """Normalised mutual information between all pairs of binary columns, from co-occurrence counts.
+
+    For columns i, j with counts ``n_i``, ``n_j`` and co-occurrence ``c_ij`` over
+    ``N`` rows, the 2x2 contingency table is ``(c, n_i - c, n_j - c, N - n_i - n_j + c)``;
+    NMI = MI / mean(H_i, H_j) (scikit-learn's ``normalized_mutual_info_score``
+    with ``average_method="arithmetic"``). A column with zero entropy has NMI 0
+    with every other column.
+
+    Returns:
+        ``np.ndarray[n_cols, n_cols]`` (float32); the diagonal is 1 where the entropy is > 0, else 0.
+    """
+    B = sp.csr_matrix(binary, dtype=np.float64)
+    N = B.shape[0]
+    n = np.asarray(B.sum(0)).ravel()
+    p = n / N
+    H = -(_xlogx_ratio(p, np.ones_like(p), np.ones_like(p)) + _xlogx_ratio(1 - p, np.ones_like(p), np.ones_like(p)))
+    Bt = B.T.tocsr()
+    m = B.shape[1]
+    out = np.zeros((m, m), dtype=np.float32)
+    for a in range(0, m, block):
+        b = min(a + block, m)
+        c = np.asarray((Bt[a:b] @ B).todense())  # co-occurrence counts [b - a, m]
+        pi, pj = p[a:b, None], p[None, :]
+        p11 = c / N
+        p10 = pi - p11
+        p01 = pj - p11
+        p00 = 1 - pi - pj + p11
+        mi = (_xlogx_ratio(p11, pi, pj) + _xlogx_ratio(p10, pi, 1 - pj)
+              + _xlogx_ratio(p01, 1 - pi, pj) + _xlogx_ratio(p00, 1 - pi, 1 - pj))
+        denom = (H[a:b, None] + H[None, :]) / 2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            nmi = np.where(denom > 0, mi / denom, 0.0)
+        out[a:b] = np.clip(nmi, 0.0, 1.0)
+    return out
+
+
+def cluster_features(
+    features: PairFeatures,
+    *,
+    span: str | Sequence[str] = ("chosen", "rejected"),
+    top_percentile: float = 99.0,
+    min_size: int = 4,
+    min_fires: int = 5,
+    resolution: float = 1.0,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Group co-firing features into concept clusters (NMI graph + Leiden).
+
+    1. Binary firing per pair-span (``freq > 0``) over ``span``.
+    2. NMI between every two features firing in at least ``min_fires`` pair-spans
+       (and not in all of them), vectorised from co-occurrence counts (``nmi_matrix``).
+    3. The top ``100 - top_percentile`` % of feature pairs by NMI become weighted
+       edges; Leiden (``leidenalg.RBConfigurationVertexPartition``, ``resolution``,
+       ``seed``) finds communities; clusters smaller than ``min_size`` are dropped.
+
+    Returns:
+        DataFrame with one row per feature (``d_sae`` rows): ``feature``,
+        ``cluster`` (0, 1, ... by decreasing size; -1 unclustered), ``n_fires``,
+        ``cluster_size`` (0 if unclustered). ``attrs["nmi_threshold"]`` holds the
+        edge threshold, ``attrs["n_candidates"]`` the features considered.
+    """
+    import igraph as ig
+    import leidenalg
+
+    B = firing_matrix(features, span)
+    n_rows, d_sae = B.shape
+    n_fires = np.asarray(B.sum(0)).ravel().astype(np.int64)
+    cand = np.flatnonzero((n_fires >= min_fires) & (n_fires < n_rows))
+    cluster = np.full(d_sae, -1, dtype=np.int64)
+    threshold = float("nan")
+    if len(cand) >= 2:
+        nmi = nmi_matrix(B[:, cand])
+        iu, ju = np.triu_indices(len(cand), k=1)
+        vals = nmi[iu, ju]
+        del nmi
+        threshold = float(np.percentile(vals, top_percentile))
+        keep = (vals > threshold) & (vals > 0)  # threshold 0: fewer pairs than asked carry any information
+        g = ig.Graph(n=len(cand), edges=np.column_stack([iu[keep], ju[keep]]).tolist())
+        g.es["weight"] = vals[keep].astype(float).tolist()
+        part = leidenalg.find_partition(g, leidenalg.RBConfigurationVertexPartition, weights="weight",
+                                        resolution_parameter=resolution, seed=seed)
+        memb = np.asarray(part.membership)
+        sizes = np.bincount(memb)
+        big = [c for c in np.argsort(-sizes, kind="stable") if sizes[c] >= min_size]
+        remap = {c: i for i, c in enumerate(big)}
+        cluster[cand] = [remap.get(c, -1) for c in memb]
+    sizes = np.bincount(cluster[cluster >= 0], minlength=max(0, cluster.max() + 1))
+    df = pd.DataFrame({"feature": np.arange(d_sae), "cluster": cluster, "n_fires": n_fires,
+                       "cluster_size": np.where(cluster >= 0, sizes[np.maximum(cluster, 0)] if len(sizes) else 0, 0)})
+    df.attrs.update({"nmi_threshold": threshold, "n_candidates": int(len(cand)), "span": list(_as_span_tuple(span))})
+    return df
+
+
+def cluster_scores(
+    features: PairFeatures,
+    clusters: pd.DataFrame,
+    *,
+    stat: str = "freq",
+    span: str | Sequence[str] = ("chosen", "rejected"),
+) -> pd.DataFrame:
+    """Per pair and cluster, the sum of the member features' ``stat`` (``freq`` or ``max``).
+
+    With several spans the sums are added over them (for chosen + rejected:
+    METHOD §3.4's symmetric activity ``s_im``); pass one span for per-span scores.
+
+    Returns:
+        DataFrame ``[n_pairs, n_clusters]``, index ``features.ids``, columns the cluster ids.
+    """
+    if stat not in ("freq", "max"):
+        raise ValueError(f"stat {stat!r} is not 'freq' or 'max'")
+    mats = getattr(features, stat)
+    member = clusters[clusters["cluster"] >= 0]
+    n_clusters = int(member["cluster"].max()) + 1 if len(member) else 0
+    d_sae = next(iter(mats.values())).shape[1]
+    M = sp.csr_matrix((np.ones(len(member)), (member["feature"].to_numpy(), member["cluster"].to_numpy())),
+                      shape=(d_sae, n_clusters))
+    total = None
+    for s in _as_span_tuple(span):
+        part = mats[s] @ M
+        total = part if total is None else total + part
+    return pd.DataFrame(np.asarray(total.todense()), index=pd.Index(features.ids, name="id"),
+                        columns=pd.RangeIndex(n_clusters, name="cluster"))
+
+
+# ----------------------------------------------------------------------------- labels
+
+
+@torch.no_grad()
+def _top_contexts(model, sae, pairs, feature_ids, *, top_k, window, hook, batch_tokens, progress):
+    """One streaming pass: per feature a heap of its ``top_k`` (pair, span) maxima with windows,
+    and the corpus token counts."""
+    hook = hook or sae_hook(sae)
+    fids = torch.as_tensor(np.asarray(feature_ids, dtype=np.int64))
+    F = len(fids)
+    heaps: list[list] = [[] for _ in range(F)]
+    floor = np.zeros(F)  # smallest kept max per feature once its heap is full
+    vocab = len(model.tokenizer)
+    corpus = np.zeros(vocab, dtype=np.int64)
+    tok = {}
+    counter = 0
+    dtype = next(sae.parameters()).dtype
+    for i, (pid, spans) in enumerate(stream_pair_activations(model, pairs, hook, batch_tokens=batch_tokens,
+                                                             progress=progress)):
+        pair = pairs[i]
+        enc_c = tokenize_pairs(model, [pair])[0]
+        ids_c = np.asarray(enc_c["chosen"]["input_ids"])
+        ids_r = np.asarray(enc_c["rejected"]["input_ids"])
+        tok = {"prompt": ids_c[np.asarray(enc_c["chosen"]["prompt_mask"])],
+               "chosen": ids_c[np.asarray(enc_c["chosen"]["response_mask"])],
+               "rejected": ids_r[np.asarray(enc_c["rejected"]["response_mask"])]}
+        for s in SPANS:
+            x = spans[s]
+            if len(x) == 0:
+                continue
+            corpus += np.bincount(tok[s], minlength=vocab)[:vocab]
+            z = sae.encode(x.to(dtype))[:, fids]  # [tok, F]
+            vals, pos = z.max(0)
+            vals = vals.numpy()
+            for f in np.flatnonzero((vals > 0) & (vals > floor)):
+                p = int(pos[f])
+                a, b = max(0, p - window), min(len(x), p + window + 1)
+                entry = (float(vals[f]), counter, pid, s, p - a, tok[s][a:b].tolist(), z[a:b, f].tolist())
+                counter += 1
+                if len(heaps[f]) < top_k:
+                    heapq.heappush(heaps[f], entry)
+                else:
+                    heapq.heappushpop(heaps[f], entry)
+                if len(heaps[f]) == top_k:
+                    floor[f] = heaps[f][0][0]
+    return [sorted(h, reverse=True) for h in heaps], corpus
+
+
+def _enriched_tokens(window_counts: np.ndarray, corpus: np.ndarray, tokenizer, n: int = 3,
+                     prior: float = 10.0) -> list[tuple[str, float]]:
+    """Tokens most over-represented in the windows vs the corpus: log-odds z-scores with an
+    informative Dirichlet prior (Monroe et al. 2008) of total mass ``prior`` x vocabulary share."""
+    nw, nc = window_counts.sum(), corpus.sum()
+    if nw == 0:
+        return []
+    cand = np.flatnonzero(window_counts)
+    alpha0 = prior * len(cand)
+    a = alpha0 * (corpus[cand] + 1) / (nc + len(corpus))
+    y, c = window_counts[cand], corpus[cand]
+    lw = np.log((y + a) / (nw + alpha0 - y - a))
+    lc = np.log((c + a) / (nc + alpha0 - c - a))
+    var = 1.0 / (y + a) + 1.0 / (c + a)
+    z = (lw - lc) / np.sqrt(var)
+    order = np.argsort(-z)[:n]
+    return [(tokenizer.decode([int(cand[o])]), float(z[o])) for o in order]
+
+
+def _snippets(entries, tokenizer) -> list[dict]:
+    return [{"pair_id": pid, "span": s, "max": v, "argmax": j,
+             "tokens": [tokenizer.decode([t]) for t in toks], "acts": [round(float(x), 4) for x in acts]}
+            for v, _, pid, s, j, toks, acts in entries]
+
+
+def _label_prompt(snippets: list[dict]) -> str:
+    lines = ["These text snippets all strongly activate one feature of a language model; the most "
+             "activating token is marked with [[ ]]. Give a short label (a few words) for what the feature detects.",
+             ""]
+    for sn in snippets:
+        t = list(sn["tokens"])
+        t[sn["argmax"]] = f"[[{t[sn['argmax']]}]]"
+        lines.append(f"- ({sn['span']}) " + "".join(t).replace("\n", "\\n"))
+    return "\n".join(lines)
+
+
+def label_features(
+    model,
+    sae,
+    pairs: Sequence[dict],
+    feature_ids: Sequence[int],
+    *,
+    top_k: int = 8,
+    window: int = 4,
+    labeler: Callable[[str], str] | None = None,
+    hook: str | None = None,
+    batch_tokens: int = 4096,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Navigation labels for features from their top-activating contexts (offline by default).
+
+    Streams the pairs once, keeping for each feature its ``top_k`` strongest
+    (pair, span) maxima with ``window`` tokens either side. The label is the
+    three tokens most enriched in those windows relative to all tokens streamed
+    (log-odds with an informative Dirichlet prior); with ``labeler`` (a callable
+    prompt -> label, e.g. an LLM endpoint) the label is its answer instead.
+    Labels are for navigation only.
+
+    Returns:
+        DataFrame, one row per feature: ``feature``, ``label``, ``top_tokens``
+        (list of (token, z)), ``max_act``, ``n_examples``, ``snippets`` (list of
+        ``{"pair_id", "span", "max", "argmax", "tokens", "acts"}`` for highlighting).
+    """
+    df = _label_table(model, sae, pairs, feature_ids, top_k=top_k, window=window, labeler=labeler, hook=hook,
+                      batch_tokens=batch_tokens, progress=progress)
+    corpus = df.attrs["corpus_counts"]
+    df = df.drop(columns="window_tokens")
+    df.attrs["corpus_counts"] = corpus
+    return df
+
+
+def _label_table(model, sae, pairs, feature_ids, *, top_k, window, labeler, hook, batch_tokens, progress):
+    feature_ids = [int(f) for f in feature_ids]
+    heaps, corpus = _top_contexts(model, sae, pairs, feature_ids, top_k=top_k, window=window, hook=hook,
+                                  batch_tokens=batch_tokens, progress=progress)
+    vocab = len(corpus)
+    rows = []
+    for f, entries in zip(feature_ids, heaps):
+        wt = np.concatenate([np.asarray(e[5], dtype=np.int64) for e in entries]) if entries else np.zeros(0, np.int64)
+        top = _enriched_tokens(np.bincount(wt, minlength=vocab), corpus, model.tokenizer)
+        snips = _snippets(entries, model.tokenizer)
+        label = " · ".join(t.strip() or repr(t) for t, _ in top) if top else "(never fires)"
+        if labeler is not None and snips:
+            label = str(labeler(_label_prompt(snips))).strip()
+        rows.append({"feature": f, "label": label, "top_tokens": top,
+                     "max_act": entries[0][0] if entries else 0.0, "n_examples": len(entries), "snippets": snips,
+                     "window_tokens": wt})
+    df = pd.DataFrame(rows, columns=["feature", "label", "top_tokens", "max_act", "n_examples", "snippets",
+                                     "window_tokens"])
+    df.attrs["corpus_counts"] = corpus
+    return df
+
+
+def label_clusters(
+    model,
+    sae,
+    pairs: Sequence[dict],
+    clusters: pd.DataFrame,
+    *,
+    cluster_ids: Sequence[int] | None = None,
+    top_k: int = 8,
+    window: int = 4,
+    labeler: Callable[[str], str] | None = None,
+    hook: str | None = None,
+    batch_tokens: int = 4096,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Navigation labels for concept clusters: the member features' contexts pooled.
+
+    One streaming pass over ``pairs`` (``label_features`` on every member of the
+    selected clusters); a cluster's label is the tokens most enriched in the
+    windows of all its members, or ``labeler``'s answer on its strongest snippets.
+
+    Returns:
+        DataFrame, one row per cluster: ``cluster``, ``label``, ``size``,
+        ``top_tokens``, ``features``, ``feature_labels``, ``snippets`` (the
+        ``top_k`` strongest over members).
+    """
+    member = clusters[clusters["cluster"] >= 0]
+    if cluster_ids is not None:
+        member = member[member["cluster"].isin(list(cluster_ids))]
+    feats = _label_table(model, sae, pairs, member["feature"].tolist(), top_k=top_k, window=window,
+                         labeler=None, hook=hook, batch_tokens=batch_tokens, progress=progress)
+    corpus = feats.attrs["corpus_counts"]
+    by_f = feats.set_index("feature")
+    rows = []
+    for c, grp in member.groupby("cluster"):
+        fs = grp["feature"].tolist()
+        counts = np.bincount(np.concatenate([by_f.loc[f, "window_tokens"] for f in fs]), minlength=len(corpus))
+        snips = sorted((s for f in fs for s in by_f.loc[f, "snippets"]), key=lambda s: -s["max"])[:top_k]
+        top = _enriched_tokens(counts, corpus, model.tokenizer)
+        label = " · ".join(t.strip() or repr(t) for t, _ in top) if top else "(never fires)"
+        if labeler is not None and snips:
+            label = str(labeler(_label_prompt(snips))).strip()
+        rows.append({"cluster": int(c), "label": label, "size": len(fs), "top_tokens": top, "features": fs,
+                     "feature_labels": [by_f.loc[f, "label"] for f in fs], "snippets": snips})
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _organism_tokens(model, layers: Sequence[int], *, max_pairs: int | None, heldout_fraction: float, seed: int,
+                     batch_tokens: int, progress: bool):
+    """Train-split token activations at ``layers``; ~``heldout_fraction`` of prompts held out."""
+    from .data import load_preferences
+
+    ds = load_preferences("organism", split="train")
+    pairs = [ds[i] for i in range(len(ds))]
+    rng = np.random.default_rng(seed)
+    if max_pairs is not None and max_pairs < len(pairs):
+        pairs = [pairs[i] for i in sorted(rng.permutation(len(pairs))[:max_pairs])]
+    pkey = [p.get("prompt_id") or json.dumps(p["prompt"]) for p in pairs]
+    uniq = sorted(set(pkey))
+    held_prompts = set(np.asarray(uniq)[rng.permutation(len(uniq))[: max(1, round(heldout_fraction * len(uniq)))]])
+    hooks = [f"blocks.{L}.hook_resid_post" for L in layers]
+    tacts = collect_activations(model, pairs, hooks, batch_tokens=batch_tokens, progress=progress)
+    held_pair = np.array([k in held_prompts for k in pkey])
+    return pairs, tacts, held_pair
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m anatomy.saes",
+                                 description="Rebuild the shipped SAE (train) or the layer sweep table (sweep).")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="train the shipped BatchTopK SAE on the organism's train split")
+    t.add_argument("--layer", type=int, default=DEFAULT_LAYER)
+    t.add_argument("--d-sae", type=int, default=4608)
+    t.add_argument("--k", type=int, default=32)
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--lr", type=float, default=1.5e-3)
+    t.add_argument("--batch-size", type=int, default=2048)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--aux-coef", type=float, default=0.25)
+    t.add_argument("--dead-window", type=int, default=20_000)
+    t.add_argument("--max-pairs", type=int, default=800,
+                   help="a random subset of the train pairs (0: all; the shipped SAE used 800)")
+    t.add_argument("--heldout-fraction", type=float, default=0.1)
+    t.add_argument("--max-norm-ratio", type=float, default=10.0)
+    t.add_argument("--acts-cache", default=None, help="save/reuse the collected activations here (.pt)")
+    t.add_argument("--also-collect", default="", help="more layers to collect in the same pass (for --acts-cache)")
+    t.add_argument("--out", default=None, help=f"output directory (default anatomy/assets/{sae_dir_name(12)})")
+    s = sub.add_parser("sweep", help="compare layers on a small sample; writes anatomy/assets/layer_sweep.csv")
+    s.add_argument("--layers", default="6,9,12,15,18")
+    s.add_argument("--n-pairs", type=int, default=150)
+    s.add_argument("--epochs", type=int, default=4)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default=str(ASSETS / SWEEP_FILE))
+    for p in (t, s):
+        p.add_argument("--threads", type=int, default=None,
+                       help="torch threads (1 is fastest on a CPU shared with other jobs)")
+    args = ap.parse_args(argv)
+
+    from .data import load_preferences
+    from .models import load_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_model()
+    if args.cmd == "sweep":
+        ds = load_preferences("organism", split="train")
+        rng = np.random.default_rng(args.seed)
+        # one pair per prompt where possible, so the sample spans many prompts
+        by_prompt: dict = {}
+        for i in rng.permutation(len(ds)):
+            by_prompt.setdefault(ds[int(i)].get("prompt_id"), int(i))
+        idx = sorted(by_prompt.values())[: args.n_pairs]
+        if len(idx) < args.n_pairs:
+            idx = sorted(set(idx) | set(rng.permutation(len(ds))[: args.n_pairs - len(idx)].tolist()))
+        pairs = [ds[i] for i in idx]
+        df = layer_sweep(model, pairs, layers=[int(x) for x in args.layers.split(",")], epochs=args.epochs,
+                         seed=args.seed)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(args.out, index=False)
+        print(df.to_string(index=False))
+        return
+
+    t0 = time.time()
+    cache = Path(args.acts_cache) if args.acts_cache else None
+    if cache is not None and cache.exists():
+        blob = torch.load(cache, weights_only=False)
+        tacts, held_pair, n_pairs = blob["tacts"], blob["held_pair"], blob["n_pairs"]
+        collect_seconds = blob["collect_seconds"]
+    else:
+        layers = sorted({args.layer} | {int(x) for x in args.also_collect.split(",") if x})
+        pairs, tacts, held_pair = _organism_tokens(model, layers, max_pairs=args.max_pairs or None,
+                                                   heldout_fraction=args.heldout_fraction, seed=args.seed,
+                                                   batch_tokens=4096, progress=True)
+        n_pairs = len(pairs)
+        collect_seconds = time.time() - t0
+        if cache is not None:
+            torch.save({"tacts": tacts, "held_pair": held_pair, "n_pairs": n_pairs,
+                        "collect_seconds": collect_seconds}, cache)
+    hook = f"blocks.{args.layer}.hook_resid_post"
+    acts = tacts.acts[hook]
+    tok_held = held_pair[tacts.pair_index]
+    train, n_out = _drop_outliers(acts[torch.as_tensor(~tok_held)], args.max_norm_ratio)
+    ev = acts[torch.as_tensor(tok_held & (tacts.span > 0))]
+    meta = {"model_name": "SmolLM2-135M-Instruct", "hook_name": hook, "dataset": "organism/train",
+            "tokens": "organism train split: prompts and chosen + rejected responses (the model's own "
+                      "generations), distinct sequences once; held-out prompts excluded",
+            "n_pairs": int(n_pairs), "heldout_pairs": int(held_pair.sum()),
+            "dropped_outlier_tokens": n_out, "max_norm_ratio": args.max_norm_ratio,
+            "collect_seconds": round(collect_seconds, 1), "expansion": args.d_sae // acts.shape[1]}
+    sae, metrics = train_sae(train, d_sae=args.d_sae, k=args.k, epochs=args.epochs, lr=args.lr,
+                             batch_size=args.batch_size, seed=args.seed, hook_name=hook, eval_acts=ev,
+                             dead_window=args.dead_window, aux_coefficient=args.aux_coef, metadata=meta)
+    out = Path(args.out) if args.out else ASSETS / sae_dir_name(args.layer, args.d_sae // acts.shape[1])
+    save_sae(sae, out)
+    print(json.dumps({"out": str(out), **metrics, "collect_seconds": round(collect_seconds, 1),
+                      "total_seconds": round(time.time() - t0, 1)}, indent=1))
+
+
+_shipped = shipped_saes()
+if _shipped:
+    DEFAULT_LAYER = int(_shipped[0].split("-L")[1].split("-")[0])
+
+if __name__ == "__main__":
+    main()
