@@ -947,6 +947,13 @@ def _label_prompt(snippets: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _label(top: list[tuple[str, float]], snippets: list[dict], labeler: Callable[[str], str] | None) -> str:
+    """The enriched tokens joined, or ``labeler``'s answer on the snippets when one is given."""
+    if labeler is not None and snippets:
+        return str(labeler(_label_prompt(snippets))).strip()
+    return " · ".join(t.strip() or repr(t) for t, _ in top) if top else "(never fires)"
+
+
 def label_features(
     model,
     sae,
@@ -992,10 +999,7 @@ def _label_table(model, sae, pairs, feature_ids, *, top_k, window, labeler, hook
         wt = np.concatenate([np.asarray(e[5], dtype=np.int64) for e in entries]) if entries else np.zeros(0, np.int64)
         top = _enriched_tokens(np.bincount(wt, minlength=vocab), corpus, model.tokenizer)
         snips = _snippets(entries, model.tokenizer)
-        label = " · ".join(t.strip() or repr(t) for t, _ in top) if top else "(never fires)"
-        if labeler is not None and snips:
-            label = str(labeler(_label_prompt(snips))).strip()
-        rows.append({"feature": f, "label": label, "top_tokens": top,
+        rows.append({"feature": f, "label": _label(top, snips, labeler), "top_tokens": top,
                      "max_act": entries[0][0] if entries else 0.0, "n_examples": len(entries), "snippets": snips,
                      "window_tokens": wt})
     df = pd.DataFrame(rows, columns=["feature", "label", "top_tokens", "max_act", "n_examples", "snippets",
@@ -1042,10 +1046,7 @@ def label_clusters(
         counts = np.bincount(np.concatenate([by_f.loc[f, "window_tokens"] for f in fs]), minlength=len(corpus))
         snips = sorted((s for f in fs for s in by_f.loc[f, "snippets"]), key=lambda s: -s["max"])[:top_k]
         top = _enriched_tokens(counts, corpus, model.tokenizer)
-        label = " · ".join(t.strip() or repr(t) for t, _ in top) if top else "(never fires)"
-        if labeler is not None and snips:
-            label = str(labeler(_label_prompt(snips))).strip()
-        rows.append({"cluster": int(c), "label": label, "size": len(fs), "top_tokens": top, "features": fs,
+        rows.append({"cluster": int(c), "label": _label(top, snips, labeler), "size": len(fs), "top_tokens": top, "features": fs,
                      "feature_labels": [by_f.loc[f, "label"] for f in fs], "snippets": snips})
     return pd.DataFrame(rows)
 
