@@ -3,79 +3,42 @@
 Stages (one module each): ``models`` (load the model, format pairs), ``data``
 (load and validate preference pairs), ``cache`` (pooled / streamed activations),
 ``concepts`` (text-level concept annotators), ``organism`` (the embedded dataset),
-``probes`` (difference-of-means directions and linear probes), ``contrast``
-(paired statistics of chosen vs rejected concept scores), ``saes`` (the SAE lens:
-training, per-span feature summaries, concept clusters, offline labels), ``viz``.
+``probes`` (difference-of-means directions and linear probes), ``saes`` (the SAE
+lens: training, per-span feature summaries, concept clusters, offline labels),
+``contrast`` (paired statistics of chosen vs rejected concept scores), ``viz``.
+
+Names are imported lazily (PEP 562), so ``import anatomy`` is fast and a stage's
+heavy dependencies (torch, transformers, sae_lens) load on first use.
 """
 
-from .cache import PairActivations, cache_pairs, load_pair_activations, stream_pair_activations
-from .contrast import paired_stats, plot_hypotheses, plot_volcano, preference_regression
-from .saes import (
-    PairFeatures,
-    cluster_features,
-    cluster_scores,
-    feature_summaries,
-    label_clusters,
-    label_features,
-    load_sae,
-    sae_metrics,
-    train_sae,
-)
-from .data import PreferenceDataError, load_eval_prompts, load_preferences, load_prompts_csv
-from .models import format_pair, format_prompt, load_hf_model, load_model, load_tokenizer
-from .probes import (
-    Direction,
-    Probe,
-    contrastive_prompt_direction,
-    diff_of_means,
-    direction_from_labels,
-    evaluate_direction,
-    fit_probe,
-    heldout_auroc,
-    last_token_activations,
-    project,
-    project_spans,
-    refusal_direction,
-)
+from __future__ import annotations
 
-__all__ = [
-    "PairFeatures",
-    "cluster_features",
-    "cluster_scores",
-    "feature_summaries",
-    "label_clusters",
-    "label_features",
-    "load_sae",
-    "sae_metrics",
-    "train_sae",
-    "paired_stats",
-    "plot_hypotheses",
-    "plot_volcano",
-    "preference_regression",
-    "Direction",
-    "Probe",
-    "contrastive_prompt_direction",
-    "diff_of_means",
-    "direction_from_labels",
-    "evaluate_direction",
-    "fit_probe",
-    "heldout_auroc",
-    "last_token_activations",
-    "project",
-    "project_spans",
-    "refusal_direction",
-    "PairActivations",
-    "PreferenceDataError",
-    "cache_pairs",
-    "format_pair",
-    "format_prompt",
-    "load_eval_prompts",
-    "load_hf_model",
-    "load_model",
-    "load_pair_activations",
-    "load_preferences",
-    "load_prompts_csv",
-    "load_tokenizer",
-    "stream_pair_activations",
-]
+import importlib
+
+_EXPORTS = {
+    "cache": ["PairActivations", "cache_pairs", "load_pair_activations", "stream_pair_activations"],
+    "contrast": ["paired_stats", "plot_hypotheses", "plot_volcano", "preference_regression"],
+    "data": ["PreferenceDataError", "load_eval_prompts", "load_preferences", "load_prompts_csv"],
+    "models": ["format_pair", "format_prompt", "load_hf_model", "load_model", "load_tokenizer"],
+    "probes": ["Direction", "Probe", "contrastive_prompt_direction", "diff_of_means", "direction_from_labels",
+               "evaluate_direction", "fit_probe", "heldout_auroc", "last_token_activations", "project",
+               "project_spans", "refusal_direction"],
+    "saes": ["PairFeatures", "cluster_features", "cluster_scores", "feature_summaries", "label_clusters",
+             "label_features", "load_sae", "sae_metrics", "train_sae"],
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'anatomy' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
