@@ -1,0 +1,349 @@
+"""Stage 5b: predicted vs observed shift per concept (METHOD §4).
+
+Takes per-pair concept scores of the preference data read by the pre-DPO model
+(``saes.cluster_scores(..., span="chosen")`` / ``span="rejected"``, annotator
+counts of the chosen and rejected texts, direction projections) and per-rollout
+scores of the policy before and after DPO (``evals.measure``); returns
+
+- ``predict_shift``: one number per concept, the data's chosen-minus-rejected
+  signal (the paper's signed disparity ``u``, or a z-scored gap);
+  ``predict_shift_from_features``: the paper's ``u`` averaged over each cluster's
+  member features, from ``saes.PairFeatures``;
+- ``observed_shift``: per concept, the rollouts' activity before and after and
+  the shift with a bootstrap CI that resamples prompts;
+- ``compare``: how well the prediction explains the observation (R², Pearson,
+  Spearman, slope ± SE) and a labelled scatter (plotly).
+
+Concepts are matched by name: prefix the predicted Series to match ``measure``'s
+``<lens>:<concept>`` columns (``predict_shift(..., prefix="sae:")``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["compare", "observed_shift", "predict_shift", "predict_shift_from_features"]
+
+
+def _check_finite(df: pd.DataFrame, what: str, key: pd.Index | None = None) -> None:
+    bad = ~np.isfinite(df.to_numpy(dtype=float))
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        where = f"row {df.index[r]!r}" if key is None else f"{key.name or 'row'} {key[r]!r}"
+        raise ValueError(f"{what}: concept {df.columns[c]!r} has a non-finite value at {where} "
+                         f"({int(bad.sum())} in all); drop or fill those rows first")
+
+
+def predict_shift(
+    chosen_scores: pd.DataFrame,
+    rejected_scores: pd.DataFrame,
+    *,
+    method: Literal["u", "z_gap"] = "u",
+    tau: float = 0.01,
+    prefix: str = "",
+) -> pd.Series:
+    """The data's chosen-minus-rejected signal per concept: what DPO is predicted to teach.
+
+    Both tables are ``[pairs, concepts]`` with the same index (pair ids, in the
+    same order) and the same columns, e.g. ``saes.cluster_scores(features,
+    clusters, span="chosen")`` and ``span="rejected"``.
+
+    - ``"u"``: the frequency-based signed disparity, mean over pairs of
+      ``1[chosen > tau] - 1[rejected > tau]``, in [-1, 1]: the share of pairs where
+      only the chosen response shows the concept minus the share where only the
+      rejected one does. (The paper averages the indicator over a cluster's member
+      features first: ``predict_shift_from_features``; here it is taken on the
+      cluster's score.)
+    - ``"z_gap"``: ``mean(chosen - rejected) / s_pooled`` with
+      ``s_pooled = sqrt((var(chosen) + var(rejected)) / 2)`` (sample variances,
+      ddof 1; Cohen's d of the two sides). A concept constant on both sides gives
+      0 if the gap is 0, else ±inf.
+
+    Args:
+        prefix: prepended to the concept names (e.g. ``"sae:"`` to match ``evals.sae_scorer``).
+
+    Returns:
+        Series indexed by concept (``prefix + str(column)`` when a prefix is given),
+        named ``method``; ``attrs["n_pairs"]``.
+
+    Raises:
+        ValueError: the tables' columns or index differ (naming the difference),
+            they are empty, hold non-finite values, or ``method`` is unknown.
+    """
+    if method not in ("u", "z_gap"):
+        raise ValueError(f"method must be 'u' or 'z_gap', got {method!r}")
+    for name, df in (("chosen_scores", chosen_scores), ("rejected_scores", rejected_scores)):
+        if not isinstance(df, pd.DataFrame):
+            raise TypeError(f"{name} must be a DataFrame [pairs, concepts], got {type(df).__name__}")
+    c, r = chosen_scores, rejected_scores
+    only_c = [x for x in c.columns if x not in set(r.columns)]
+    only_r = [x for x in r.columns if x not in set(c.columns)]
+    if only_c or only_r:
+        raise ValueError(f"chosen and rejected scores have different concepts: only in chosen {only_c[:10]}, "
+                         f"only in rejected {only_r[:10]}")
+    if len(c) == 0 or len(c.columns) == 0:
+        raise ValueError(f"no scores to compare ({len(c)} pairs, {len(c.columns)} concepts)")
+    if not c.index.equals(r.index):
+        raise ValueError("chosen and rejected scores must have the same pair index, in the same order "
+                         f"(first chosen ids {list(c.index[:3])}, first rejected ids {list(r.index[:3])})")
+    r = r[c.columns]
+    _check_finite(c, "chosen_scores")
+    _check_finite(r, "rejected_scores")
+    cv, rv = c.to_numpy(dtype=float), r.to_numpy(dtype=float)
+    if method == "u":
+        values = ((cv > tau).astype(float) - (rv > tau).astype(float)).mean(0)
+    else:
+        gap = (cv - rv).mean(0)
+        ddof = 1 if len(cv) > 1 else 0
+        pooled = np.sqrt((cv.var(0, ddof=ddof) + rv.var(0, ddof=ddof)) / 2)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            values = np.where(pooled > 0, gap / np.where(pooled > 0, pooled, 1), np.sign(gap) * np.inf)
+    index = pd.Index([f"{prefix}{x}" for x in c.columns] if prefix else c.columns, name="concept")
+    out = pd.Series(values, index=index, name=method)
+    out.attrs["n_pairs"] = len(c)
+    return out
+
+
+def predict_shift_from_features(features, clusters: pd.DataFrame, *, tau: float = 0.01,
+                                prefix: str = "sae:") -> pd.Series:
+    """The paper's signed disparity per cluster (METHOD §3.4), from per-feature firing frequencies.
+
+    ``u_m = mean over pairs i of mean over g in T_m of (1[freq_chosen_ig > tau] - 1[freq_rejected_ig > tau])``.
+
+    Args:
+        features: ``saes.PairFeatures`` (``freq["chosen"]``, ``freq["rejected"]``).
+        clusters: ``saes.cluster_features`` output (``feature``, ``cluster``; -1 = none).
+
+    Returns:
+        Series indexed ``prefix + cluster`` for clusters ``0 .. max`` (named ``"u"``).
+    """
+    import scipy.sparse as sp
+
+    member = clusters[clusters["cluster"] >= 0]
+    if member.empty:
+        raise ValueError("clusters has no feature in a cluster (all cluster ids are -1)")
+    if len(features) == 0:
+        raise ValueError("features has no pairs")
+    n_clusters = int(member["cluster"].max()) + 1
+    d_sae = features.freq["chosen"].shape[1]
+    sizes = np.bincount(member["cluster"].to_numpy(), minlength=n_clusters).astype(float)
+    M = sp.csr_matrix((np.ones(len(member)), (member["feature"].to_numpy(), member["cluster"].to_numpy())),
+                      shape=(d_sae, n_clusters))
+
+    def fired(span):
+        m = features.freq[span].tocsr().copy()
+        m.data = (m.data > tau).astype(np.float64)
+        return m
+
+    per_pair = (fired("chosen") - fired("rejected")) @ M  # [n_pairs, n_clusters]: sum over members
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u = np.asarray(per_pair.mean(0)).ravel() / sizes
+    index = pd.Index([f"{prefix}{c}" for c in range(n_clusters)], name="concept")
+    out = pd.Series(u, index=index, name="u")
+    out.attrs["n_pairs"] = len(features)
+    return out
+
+
+def _concept_columns(before: pd.DataFrame, after: pd.DataFrame, prompt_col: str,
+                     concepts: Sequence[str] | None) -> list:
+    if concepts is None:
+        def numeric(df):
+            return [c for c in df.columns if c not in (prompt_col, "sample")
+                    and (pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c]))]
+        concepts = numeric(before)
+        extra = [c for c in numeric(after) if c not in set(concepts)]
+        if extra:
+            raise ValueError(f"concept column(s) {extra[:10]} are in `after` but not in `before`")
+    concepts = list(concepts)
+    if not concepts:
+        raise ValueError("no concept columns to compare")
+    for name, df in (("before", before), ("after", after)):
+        missing = [c for c in concepts if c not in df.columns]
+        if missing:
+            raise ValueError(f"concept column(s) {missing[:10]} missing from `{name}`")
+    return concepts
+
+
+def observed_shift(
+    before: pd.DataFrame,
+    after: pd.DataFrame,
+    *,
+    prompt_col: str = "prompt_id",
+    stat: Literal["rate", "mean"] = "rate",
+    tau: float = 0.01,
+    concepts: Sequence[str] | None = None,
+    n_boot: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Per concept, the rollouts' activity before and after training, and the shift with a prompt-bootstrap CI.
+
+    Each rollout's score ``x`` becomes ``1[x > tau]`` (``stat="rate"``: the share
+    of rollouts showing the concept; ``tau=0.01`` reads SAE firing frequencies as
+    in ``predict_shift`` and counts as "at least one") or stays ``x``
+    (``stat="mean"``). ``before`` / ``after`` are the means over all rollouts
+    (equal to the mean of per-prompt means when every prompt has the same number
+    of samples); ``shift = after - before``.
+
+    The CI is a percentile cluster bootstrap over prompts: each replicate draws
+    ``n_prompts`` prompts with replacement and takes *all* samples of each drawn
+    prompt, in ``before`` and in ``after`` alike (the same draw for both), so the
+    interval reflects prompt-to-prompt variation and the pairing of before and
+    after on the same prompt. Both frames must cover the same prompts.
+
+    Args:
+        before, after: ``evals.measure`` outputs (one row per rollout with ``prompt_col``).
+        concepts: columns to compare; default every numeric column of ``before``
+            except ``prompt_col`` and ``sample`` (``after`` must have the same ones).
+        n_boot: bootstrap replicates; ``ci``: the interval's coverage; ``seed``: the bootstrap's seed.
+
+    Returns:
+        DataFrame indexed by concept: ``before``, ``after``, ``shift``, ``ci_low``,
+        ``ci_high``, ``se`` (bootstrap standard deviation of the shift),
+        ``n_prompts``, ``n_before``, ``n_after`` (rollouts); ``attrs`` holds the settings.
+
+    Raises:
+        ValueError: missing columns, different prompt sets (naming some), NaN
+            scores (naming the concept and prompt), or bad settings.
+    """
+    if stat not in ("rate", "mean"):
+        raise ValueError(f"stat must be 'rate' or 'mean', got {stat!r}")
+    if not 0 < ci < 1 or n_boot < 1:
+        raise ValueError(f"need 0 < ci < 1 and n_boot >= 1 (got ci={ci}, n_boot={n_boot})")
+    for name, df in (("before", before), ("after", after)):
+        if prompt_col not in df.columns:
+            raise ValueError(f"`{name}` has no prompt column {prompt_col!r}; columns: {list(df.columns)[:10]}")
+        if len(df) == 0:
+            raise ValueError(f"`{name}` has no rollouts")
+    concepts = _concept_columns(before, after, prompt_col, concepts)
+    pb, pa = set(before[prompt_col]), set(after[prompt_col])
+    if pb != pa:
+        raise ValueError(f"before and after cover different prompts: only before {sorted(pb - pa, key=str)[:5]}, "
+                         f"only after {sorted(pa - pb, key=str)[:5]} ({len(pb - pa)} and {len(pa - pb)} in all)")
+    prompts = pd.Index(sorted(pb, key=str), name=prompt_col)
+
+    def per_prompt(df, name):
+        x = df[concepts].astype(float)
+        _check_finite(x, name, pd.Index(df[prompt_col].to_numpy(), name=prompt_col))
+        x = (x > tau).astype(float) if stat == "rate" else x
+        g = x.groupby(df[prompt_col].to_numpy())
+        return g.sum().reindex(prompts).to_numpy(), g.size().reindex(prompts).to_numpy(dtype=float)
+
+    Sb, Nb = per_prompt(before, "before")
+    Sa, Na = per_prompt(after, "after")
+    b_mean, a_mean = Sb.sum(0) / Nb.sum(), Sa.sum(0) / Na.sum()
+    rng = np.random.default_rng(seed)
+    P = len(prompts)
+    W = rng.multinomial(P, np.full(P, 1.0 / P), size=n_boot).astype(float)  # [n_boot, P] prompt draw counts
+    boot = (W @ Sa) / (W @ Na)[:, None] - (W @ Sb) / (W @ Nb)[:, None]
+    lo, hi = np.quantile(boot, [(1 - ci) / 2, (1 + ci) / 2], axis=0)
+    out = pd.DataFrame({
+        "before": b_mean, "after": a_mean, "shift": a_mean - b_mean, "ci_low": lo, "ci_high": hi,
+        "se": boot.std(0, ddof=1) if n_boot > 1 else np.nan,
+        "n_prompts": P, "n_before": len(before), "n_after": len(after),
+    }, index=pd.Index(concepts, name="concept"))
+    out.attrs.update({"stat": stat, "tau": tau, "n_boot": n_boot, "ci": ci, "seed": seed})
+    return out
+
+
+def compare(
+    predicted: pd.Series,
+    observed: pd.DataFrame | pd.Series,
+    *,
+    labels: Mapping | pd.Series | None = None,
+    title: str | None = None,
+):
+    """How well the predicted shift explains the observed shift, across concepts.
+
+    Args:
+        predicted: ``predict_shift`` output (Series by concept).
+        observed: ``observed_shift`` output (uses ``shift`` and, for error bars,
+            ``ci_low`` / ``ci_high``) or a Series of shifts.
+        labels: concept -> text shown beside its point (default: the concept name).
+
+    Returns:
+        ``(stats, fig)``. ``stats``: ``n`` (concepts); ``r2``: R² of the
+        least-squares line ``observed = a + b * predicted`` (= Pearson r²);
+        ``r2_origin``: ``1 - Σ(y - b0 x)² / Σ(y - ȳ)²`` for the best zero-intercept
+        line ``y = b0 x`` (centred, so comparable with ``r2`` and negative when a
+        line through the origin fits worse than the mean; it asks whether
+        "no signal in the data" means "no shift"); ``pearson_r``, ``pearson_p``,
+        ``spearman_rho``, ``spearman_p`` (two-sided); ``slope``, ``slope_se``,
+        ``intercept``, ``intercept_se`` (OLS, ``scipy.stats.linregress``);
+        ``slope_origin``. ``fig``: a plotly scatter, observed vs predicted, with
+        the observed CIs as error bars, text labels and the fitted line.
+
+    Raises:
+        ValueError: concepts present on one side only (named), fewer than 3
+            concepts, non-finite values, or a constant prediction.
+    """
+    import plotly.graph_objects as go
+    from scipy import stats as st
+
+    if not isinstance(predicted, pd.Series):
+        raise TypeError(f"predicted must be a Series by concept, got {type(predicted).__name__}")
+    obs = observed.to_frame("shift") if isinstance(observed, pd.Series) else observed
+    if "shift" not in obs.columns:
+        raise ValueError(f"observed needs a 'shift' column (observed_shift output); columns: {list(obs.columns)}")
+    only_p = [c for c in predicted.index if c not in set(obs.index)]
+    only_o = [c for c in obs.index if c not in set(predicted.index)]
+    if only_p or only_o:
+        raise ValueError(f"predicted and observed cover different concepts: only predicted {only_p[:10]}, "
+                         f"only observed {only_o[:10]} ({len(only_p)} and {len(only_o)} in all); "
+                         "select the same concepts (a prefix such as 'sae:' may be missing)")
+    concepts = list(predicted.index)
+    x = predicted.to_numpy(dtype=float)
+    y = obs.loc[concepts, "shift"].to_numpy(dtype=float)
+    for name, v in (("predicted", x), ("observed", y)):
+        if not np.isfinite(v).all():
+            raise ValueError(f"{name} shift is not finite for concept(s) "
+                             f"{[c for c, ok in zip(concepts, np.isfinite(v)) if not ok][:10]}")
+    if len(concepts) < 3:
+        raise ValueError(f"need at least 3 concepts to fit and test a line, got {len(concepts)}")
+    if np.ptp(x) == 0:
+        raise ValueError("the predicted shift is the same for every concept: no line can be fitted")
+
+    fit = st.linregress(x, y)
+    pr = st.pearsonr(x, y)
+    sr = st.spearmanr(x, y)
+    b0 = float(x @ y / (x @ x))
+    sst = float(((y - y.mean()) ** 2).sum())
+    r2_origin = 1 - float(((y - b0 * x) ** 2).sum()) / sst if sst > 0 else float("nan")
+    stats = {
+        "n": len(concepts), "r2": float(fit.rvalue ** 2), "r2_origin": r2_origin,
+        "pearson_r": float(pr.statistic), "pearson_p": float(pr.pvalue),
+        "spearman_rho": float(sr.statistic), "spearman_p": float(sr.pvalue),
+        "slope": float(fit.slope), "slope_se": float(fit.stderr),
+        "intercept": float(fit.intercept), "intercept_se": float(fit.intercept_stderr),
+        "slope_origin": b0,
+    }
+
+    lab = labels if labels is not None else {}
+    text = [str(lab.get(c, c)) for c in concepts]
+    error_y = None
+    if {"ci_low", "ci_high"} <= set(obs.columns):
+        lo, hi = obs.loc[concepts, "ci_low"].to_numpy(float), obs.loc[concepts, "ci_high"].to_numpy(float)
+        error_y = dict(type="data", symmetric=False, array=np.maximum(hi - y, 0), arrayminus=np.maximum(y - lo, 0),
+                       thickness=1)
+    xs = np.linspace(x.min(), x.max(), 50)
+    fig = go.Figure([
+        go.Scatter(x=x, y=y, mode="markers+text", text=text, textposition="top center", error_y=error_y,
+                   customdata=np.asarray(concepts, dtype=object), name="concepts",
+                   hovertemplate="%{customdata}<br>predicted %{x:.3g}<br>observed %{y:.3g}<extra></extra>"),
+        go.Scatter(x=xs, y=fit.intercept + fit.slope * xs, mode="lines", name=f"fit: slope {fit.slope:.3g}",
+                   line=dict(dash="dash")),
+    ])
+    method = getattr(predicted, "name", None) or "predicted"
+    fig.update_layout(
+        title=title or (f"Predicted vs observed shift: R² = {stats['r2']:.2f}, "
+                        f"Spearman ρ = {stats['spearman_rho']:.2f} (n = {stats['n']})"),
+        xaxis_title=f"predicted shift ({method})", yaxis_title="observed shift (after − before)",
+        template="plotly_white", showlegend=True,
+    )
+    fig.add_hline(y=0, line_width=1, line_color="grey")
+    fig.add_vline(x=0, line_width=1, line_color="grey")
+    return stats, fig

@@ -1,0 +1,231 @@
+"""evals: reproducible rollouts, scorers that agree with the pair-level lens, and health metrics."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from anatomy.evals import (
+    annotator_scorer,
+    direction_scorer,
+    distinct_n,
+    measure,
+    repetition_rate,
+    rollouts,
+    sae_scorer,
+)
+
+PROMPTS = [
+    {"id": "q-egg", "family": "howto", "prompt": [{"role": "user", "content": "How do I boil an egg?"}]},
+    {"id": "q-colour", "family": "chat", "prompt": [{"role": "user", "content": "Name three colours."}]},
+    {"id": "q-rain", "family": "creative",
+     "prompt": [{"role": "user", "content": "Write one line of a poem about rain, with some detail please."}]},
+]
+HOOK = "blocks.6.hook_resid_post"
+NEW = 6  # new tokens per rollout in these tests
+
+
+def _frame(responses, prompt_ids=None):
+    """A rollouts-shaped frame from response texts (no model)."""
+    n = len(responses)
+    return pd.DataFrame({
+        "prompt_id": prompt_ids or [f"q{i}" for i in range(n)], "sample": [0] * n,
+        "prompt": [[{"role": "user", "content": f"Question {i}?"}] for i in range(n)], "response": responses,
+    })
+
+
+# ----------------------------------------------------------------------------- rollouts
+
+
+@pytest.fixture(scope="module")
+def rolled(model):
+    return rollouts(model, PROMPTS, n_samples=2, max_new_tokens=NEW, seed=3, batch_size=6, progress=False)
+
+
+def test_rollouts_shape_and_columns(rolled):
+    assert list(rolled.columns[:6]) == ["prompt_id", "sample", "prompt", "response", "n_tokens", "finished"]
+    assert rolled["prompt_id"].tolist() == ["q-egg", "q-egg", "q-colour", "q-colour", "q-rain", "q-rain"]
+    assert rolled["sample"].tolist() == [0, 1] * 3
+    assert rolled["family"].tolist()[::2] == ["howto", "chat", "creative"]
+    assert rolled["prompt"][0] == PROMPTS[0]["prompt"]
+    assert (rolled["n_tokens"] <= NEW).all() and (rolled["response"].str.len() > 0).all()
+    assert rolled.attrs["seed"] == 3
+
+
+def test_rollouts_reproducible_and_independent_of_batch_size_and_prompt_set(model, rolled):
+    rng_state = torch.get_rng_state()
+    # another batch size and batch, another order, a subset of the prompts (padding: see the plain-HF test)
+    again = rollouts(model, PROMPTS[:0:-1], n_samples=2, max_new_tokens=NEW, seed=3, batch_size=4, progress=False)
+    assert torch.equal(torch.get_rng_state(), rng_state)  # the global RNG is left alone
+    key = ["prompt_id", "sample"]
+    merged = rolled.merge(again, on=key, suffixes=("", "_again"))
+    assert len(merged) == 4
+    assert merged["response"].tolist() == merged["response_again"].tolist()
+    # the two samples of a prompt differ (their own streams), and another seed changes the texts
+    assert rolled["response"][0] != rolled["response"][1] or rolled["response"][2] != rolled["response"][3]
+    other = rollouts(model, PROMPTS[:2], n_samples=1, max_new_tokens=NEW, seed=4, batch_size=2, progress=False)
+    assert other["response"].tolist() != rolled["response"].tolist()[::2][:2]
+
+
+def test_rollouts_on_plain_hf_model_and_greedy(model, rolled):
+    hf = model.original_model
+    hf.train()
+    try:
+        plain = rollouts(hf, PROMPTS[:1], tokenizer=model.tokenizer, n_samples=2, max_new_tokens=NEW, seed=3,
+                         batch_size=2, progress=False)
+        assert hf.training  # the caller's mode is restored
+    finally:
+        hf.eval()
+    # q-egg's rows were left-padded to q-rain's length in `rolled`, here they are not padded
+    assert plain["response"].tolist() == rolled["response"].tolist()[:2]
+    greedy = rollouts(model, [PROMPTS[0]["prompt"]], n_samples=2, max_new_tokens=NEW, temperature=0,
+                      batch_size=2, progress=False)
+    assert greedy["prompt_id"].tolist() == ["0", "0"]  # message lists: ids are positions
+    assert greedy["response"][0] == greedy["response"][1]
+
+
+def test_rollouts_bad_input_is_a_clear_error():
+    with pytest.raises(ValueError, match="empty"):
+        rollouts(None, [])
+    with pytest.raises(TypeError, match="prompts must be"):
+        rollouts(None, 42)
+    with pytest.raises(TypeError, match="prompts must be"):
+        rollouts(None, "How do I boil an egg?")
+    with pytest.raises(TypeError, match="prompt '0' field 'prompt'"):
+        rollouts(None, [123])
+    with pytest.raises(ValueError, match="appears twice"):
+        rollouts(None, [PROMPTS[0], PROMPTS[0]])
+    with pytest.raises(ValueError, match="no 'prompt' field"):
+        rollouts(None, [{"id": "x", "text": "hi"}])
+
+
+# ----------------------------------------------------------------------------- measure
+
+
+def test_measure_with_annotator_scorer_on_known_texts():
+    frame = _frame(["**Bold** claim! Really!", "plain text", "- one\n- two 😊"]).set_index(pd.Index([10, 11, 12]))
+    out = measure(frame, annotator_scorer(["bold", "exclamation", "list_item", "emoji"]))
+    assert list(out.index) == [10, 11, 12]
+    assert list(out.columns[:2]) == ["prompt_id", "sample"]
+    assert out["annotator:bold"].tolist() == [1, 0, 0]
+    assert out["annotator:exclamation"].tolist() == [2, 0, 0]
+    assert out["annotator:list_item"].tolist() == [0, 0, 2]
+    assert out["annotator_present:exclamation"].tolist() == [1, 0, 0]
+    assert out["annotator_present:emoji"].tolist() == [0, 0, 1]
+
+
+def test_measure_errors():
+    frame = _frame(["a", "b"])
+    with pytest.raises(ValueError, match="unknown concept"):
+        annotator_scorer(["boldness"])
+    with pytest.raises(ValueError, match="already present"):
+        measure(frame, [annotator_scorer("bold"), annotator_scorer("bold")])
+    with pytest.raises(ValueError, match="returned 1 rows"):
+        measure(frame, lambda df: pd.DataFrame({"x:y": [1]}))
+    with pytest.raises(ValueError, match="lacks column"):
+        measure(frame.drop(columns="response"), annotator_scorer("bold"))
+
+
+TEXTS = ["It is **four**.", "Sure! Here are three: red, green and blue.", "I can't help with that."]
+
+
+def test_direction_scorer_matches_project_spans(model):
+    from anatomy.probes import Direction, project_spans
+
+    g = torch.Generator().manual_seed(0)
+    vecs = torch.randn(2, model.cfg.d_model, generator=g)
+    dirs = [Direction(name=n, hook=HOOK, vector=v, source="test", train_auroc=0.5, heldout_auroc=0.5,
+                      n_train=0, n_test=0) for n, v in zip(("d0", "d1"), vecs)]
+    frame = _frame(TEXTS)
+    out = measure(frame, direction_scorer(model, dirs, progress=False))
+    pairs = [{"id": str(i), "prompt": p, "chosen": r, "rejected": r}
+             for i, (p, r) in enumerate(zip(frame["prompt"], frame["response"]))]
+    for d in dirs:
+        ref = project_spans(model, pairs, HOOK, d.vector, reduce="mean", progress=False)["chosen"]
+        assert out[f"direction:{d.name}"].to_numpy() == pytest.approx(ref.to_numpy(), rel=1e-4, abs=1e-4)
+    mx = direction_scorer(model, {"top": dirs[0]}, pooling="max", progress=False)(_frame(TEXTS[:1] + [""]))
+    assert np.isfinite(mx["direction:top"][0]) and math.isnan(mx["direction:top"][1])  # empty response: NaN
+    with pytest.raises(ValueError, match="'hook'"):
+        direction_scorer(model, [Direction("x", None, vecs[0], "t", 0.5, 0.5, 0, 0)])
+
+
+@pytest.fixture(scope="module")
+def sae():
+    from anatomy.saes import load_sae, shipped_saes
+
+    if not shipped_saes():
+        pytest.skip("no SAE shipped under anatomy/assets")
+    return load_sae()
+
+
+def test_sae_scorer_equals_cluster_scores_of_the_same_text(model, sae):
+    from anatomy.saes import cluster_scores, feature_summaries
+
+    frame = _frame(TEXTS)
+    pairs = [{"id": str(i), "prompt": p, "chosen": r, "rejected": r}
+             for i, (p, r) in enumerate(zip(frame["prompt"], frame["response"]))]
+    feats = feature_summaries(model, sae, pairs, batch_tokens=1, progress=False)
+    fired = np.unique(feats.freq["chosen"].indices)
+    clusters = pd.DataFrame({"feature": np.arange(sae.cfg.d_sae), "cluster": -1})
+    clusters.loc[fired, "cluster"] = np.arange(len(fired)) % 4  # 4 clusters of features that fire here
+    for stat in ("freq", "max"):
+        out = measure(frame, sae_scorer(model, sae, clusters, stat=stat, batch_tokens=1, progress=False))
+        ref = cluster_scores(feats, clusters, stat=stat, span="chosen")
+        got = out[[f"sae:{c}" for c in range(4)]].to_numpy()
+        assert got == pytest.approx(ref.to_numpy(), rel=1e-5, abs=1e-6)
+        assert (got[:, 0] > 0).any()
+
+
+def test_scorers_refuse_a_lens_that_was_trained_in_place(model, sae):
+    clusters = pd.DataFrame({"feature": [0, 1, 2, 3], "cluster": [0, 0, 1, 1]})
+    scorer = sae_scorer(model, sae, clusters, progress=False)
+    w = next(model.original_model.parameters())
+    old = w.data[0, 0].item()
+    try:
+        w.data[0, 0] += 1.0
+        with pytest.raises(RuntimeError, match="pre-DPO"):
+            scorer(_frame(TEXTS[:1]))
+    finally:
+        w.data[0, 0] = old
+    assert scorer(_frame(TEXTS[:1])).shape == (1, 2)
+
+
+# ----------------------------------------------------------------------------- health
+
+
+def test_distinct_n_by_hand():
+    texts = ["a b a b", "a b c", "z"]
+    # bigrams: (a b) (b a) (a b) | (a b) (b c) | none -> 3 unique of 5
+    assert distinct_n(texts, n=2) == pytest.approx(3 / 5)
+    # unigrams: 8 tokens, unique a b c z
+    assert distinct_n(texts, n=1) == pytest.approx(4 / 8)
+    assert distinct_n(["Yes yes"], n=1) == 1.0  # case-sensitive
+    assert math.isnan(distinct_n(["one"], n=2))
+    with pytest.raises(ValueError, match="empty"):
+        distinct_n([])
+    with pytest.raises(TypeError, match="not a str"):
+        distinct_n("a b c")
+
+
+def test_repetition_rate_detects_loops():
+    texts = [
+        "I agree. I agree. I agree.",  # period 2, three times
+        "A normal sentence about how to boil an egg well.",
+        "| --- | --- | --- | --- |",  # a table rule row: no word-like token
+        "no no no",  # period 1
+    ]
+    assert repetition_rate(texts) == pytest.approx(0.5)
+    assert repetition_rate(texts, min_repeats=4) == 0.0
+    assert repetition_rate(["the cat sat " * 2 + "down"]) == 0.0  # only twice
+    looping = "Sure! " + "Here is the answer to your question. " * 4
+    assert repetition_rate([looping], max_period=8) == 1.0  # the loop's period is 7 words
+    assert repetition_rate([looping], max_period=6) == 0.0
+
+
+def test_repetition_rate_with_tokenizer(tokenizer):
+    assert repetition_rate(["hahahahahahaha"], tokenizer=tokenizer) == 1.0  # one word, a loop of subword tokens
+    assert repetition_rate(["hahahahahahaha"]) == 0.0
+    # tokens "the", " cat", " the", " cat": the leading space makes " the" another token
+    assert distinct_n(["the cat the cat"], n=1, tokenizer=tokenizer) == pytest.approx(3 / 4)

@@ -1,0 +1,193 @@
+"""predict: hand-computed predicted shifts, a prompt-level bootstrap, and the fit statistics."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from anatomy.predict import compare, observed_shift, predict_shift, predict_shift_from_features
+from anatomy.saes import PairFeatures
+
+# ----------------------------------------------------------------------------- predict_shift
+
+
+def _pair_tables():
+    idx = pd.Index(["p0", "p1", "p2", "p3"], name="id")
+    chosen = pd.DataFrame({"a": [0.5, 0.0, 0.2, 0.0], "b": [1.0, 2.0, 3.0, 4.0]}, index=idx)
+    rejected = pd.DataFrame({"a": [0.0, 0.0, 0.3, 0.02], "b": [0.0, 1.0, 1.0, 2.0]}, index=idx)
+    return chosen, rejected
+
+
+def test_predict_shift_u_by_hand():
+    chosen, rejected = _pair_tables()
+    u = predict_shift(chosen, rejected, method="u", tau=0.01)
+    # a: chosen fires in p0, p2; rejected in p2, p3 -> (1 + 0 + 0 - 1) / 4 = 0
+    # b: chosen fires in all; rejected in p1, p2, p3 -> (1 + 0 + 0 + 0) / 4 = 0.25
+    assert u.to_dict() == pytest.approx({"a": 0.0, "b": 0.25})
+    assert u.name == "u" and u.attrs["n_pairs"] == 4
+    # a higher threshold: a's 0.02 in p3 no longer counts -> (1 + 0 + 0 + 0) / 4
+    assert predict_shift(chosen, rejected, tau=0.05)["a"] == pytest.approx(0.25)
+
+
+def test_predict_shift_z_gap_by_hand():
+    chosen, rejected = _pair_tables()
+    z = predict_shift(chosen, rejected, method="z_gap")
+    # b: gap mean = (1 + 1 + 2 + 2) / 4 = 1.5; var(chosen) = 5/3, var(rejected) = 2/3 (ddof 1)
+    assert z["b"] == pytest.approx(1.5 / np.sqrt((5 / 3 + 2 / 3) / 2))
+    # a: gap = (0.5, 0, -0.1, -0.02) -> mean 0.095
+    va, vr = np.var([0.5, 0, 0.2, 0], ddof=1), np.var([0, 0, 0.3, 0.02], ddof=1)
+    assert z["a"] == pytest.approx(0.095 / np.sqrt((va + vr) / 2))
+
+
+def test_predict_shift_prefix_and_column_order():
+    chosen, rejected = _pair_tables()
+    u = predict_shift(chosen, rejected[["b", "a"]], prefix="sae:")
+    assert list(u.index) == ["sae:a", "sae:b"]
+    assert u["sae:b"] == pytest.approx(0.25)
+
+
+def test_predict_shift_errors_name_the_problem():
+    chosen, rejected = _pair_tables()
+    with pytest.raises(ValueError, match="only in chosen \\['b'\\]"):
+        predict_shift(chosen, rejected[["a"]])
+    with pytest.raises(ValueError, match="same pair index"):
+        predict_shift(chosen, rejected.iloc[::-1])
+    with pytest.raises(ValueError, match="method"):
+        predict_shift(chosen, rejected, method="nope")
+    bad = chosen.copy()
+    bad.loc["p2", "b"] = np.nan
+    with pytest.raises(ValueError, match="'b'.*'p2'"):
+        predict_shift(bad, rejected)
+
+
+def test_predict_shift_from_features_is_the_papers_member_average():
+    # 3 pairs, 4 features; cluster 0 = features {0, 1}, cluster 1 = {2, 3}
+    ch = sp.csr_matrix(np.array([[0.5, 0.0, 0.2, 0.0], [0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.005, 0.0]]))
+    rj = sp.csr_matrix(np.array([[0.0, 0.0, 0.2, 0.3], [0.0, 0.0, 0.0, 0.0], [0.0, 0.2, 0.0, 0.0]]))
+    feats = PairFeatures(["x", "y", "z"], {"chosen": ch, "rejected": rj}, {"chosen": ch, "rejected": rj},
+                         {"chosen": np.ones(3), "rejected": np.ones(3)}, None, 4)
+    clusters = pd.DataFrame({"feature": [0, 1, 2, 3], "cluster": [0, 0, 1, 1]})
+    u = predict_shift_from_features(feats, clusters, tau=0.01)
+    # cluster 0 per pair: mean over members of (chosen fired - rejected fired): (1+0)/2, (1+1)/2, (0-1)/2
+    assert u["sae:0"] == pytest.approx(np.mean([0.5, 1.0, -0.5]))
+    # cluster 1: (1-1 + 0-1)/2, 0, (0.005 < tau) 0
+    assert u["sae:1"] == pytest.approx(np.mean([-0.5, 0.0, 0.0]))
+
+
+# ----------------------------------------------------------------------------- observed_shift
+
+
+def _rollout_frame(values: np.ndarray, name: str = "c") -> pd.DataFrame:
+    """values[p, s] -> one row per (prompt p, sample s)."""
+    P, S = values.shape
+    return pd.DataFrame({"prompt_id": np.repeat([f"q{p}" for p in range(P)], S),
+                         "sample": np.tile(np.arange(S), P), name: values.ravel()})
+
+
+def test_observed_shift_point_estimates_by_hand():
+    before = _rollout_frame(np.array([[0, 0], [1, 0], [0, 0]]))  # rate 1/6
+    after = _rollout_frame(np.array([[1, 1], [1, 0], [0, 2]]))  # 4 of 6 > tau
+    out = observed_shift(before, after, n_boot=50)
+    row = out.loc["c"]
+    assert row["before"] == pytest.approx(1 / 6) and row["after"] == pytest.approx(4 / 6)
+    assert row["shift"] == pytest.approx(0.5)
+    assert row["n_prompts"] == 3 and row["n_before"] == 6
+    mean = observed_shift(before, after, stat="mean", n_boot=50).loc["c"]
+    assert mean["after"] == pytest.approx(5 / 6)
+    assert row["ci_low"] <= row["shift"] <= row["ci_high"]
+
+
+def test_observed_shift_ci_covers_truth_in_repeated_synthetic_experiments():
+    # prompt-level effects: each prompt has its own base rate; the true shift is +0.2
+    rng = np.random.default_rng(1)
+    covered, n_rep = 0, 150
+    for rep in range(n_rep):
+        P, S = 40, 4
+        base = rng.uniform(0.1, 0.5, size=P)
+        before = (rng.random((P, S)) < base[:, None]).astype(float)
+        after = (rng.random((P, S)) < (base + 0.2)[:, None]).astype(float)
+        out = observed_shift(_rollout_frame(before), _rollout_frame(after), n_boot=400, seed=rep).loc["c"]
+        covered += out["ci_low"] <= 0.2 <= out["ci_high"]
+    assert 0.85 <= covered / n_rep <= 1.0
+
+
+def test_observed_shift_resamples_prompts_not_samples():
+    # every sample of a prompt is identical: the information is in 30 prompts, not 30 x 20 rollouts
+    rng = np.random.default_rng(0)
+    P, S = 30, 20
+    before = np.repeat(rng.normal(0, 1, P)[:, None], S, 1)
+    after = np.repeat(rng.normal(0.5, 1, P)[:, None], S, 1)
+    out = observed_shift(_rollout_frame(before), _rollout_frame(after), stat="mean", n_boot=2000).loc["c"]
+    prompt_se = np.sqrt(before[:, 0].var(ddof=1) / P + after[:, 0].var(ddof=1) / P)
+    sample_se = np.sqrt(before.var(ddof=1) / before.size + after.var(ddof=1) / after.size)
+    assert out["se"] == pytest.approx(prompt_se, rel=0.15)  # a per-sample bootstrap gives ~sqrt(S) less
+    assert out["se"] > 3 * sample_se
+
+
+def test_observed_shift_resamples_before_and_after_with_the_same_prompts():
+    # after = before + 0.5 on every prompt: with paired resampling the shift never varies
+    rng = np.random.default_rng(0)
+    before = rng.normal(0, 1, (25, 3))
+    out = observed_shift(_rollout_frame(before), _rollout_frame(before + 0.5), stat="mean", n_boot=300).loc["c"]
+    assert out["shift"] == pytest.approx(0.5)
+    assert out["ci_high"] - out["ci_low"] < 1e-9
+
+
+def test_observed_shift_errors():
+    before = _rollout_frame(np.zeros((3, 2)))
+    after = _rollout_frame(np.zeros((4, 2)))
+    with pytest.raises(ValueError, match="different prompts.*only after \\['q3'\\]"):
+        observed_shift(before, after)
+    with pytest.raises(ValueError, match="missing from `after`"):
+        observed_shift(before, _rollout_frame(np.zeros((3, 2)), name="d"), concepts=["c"])
+    nan = _rollout_frame(np.array([[0.0, np.nan], [0, 0], [0, 0]]))
+    with pytest.raises(ValueError, match="'c'.*'q0'"):
+        observed_shift(nan, before)
+    with pytest.raises(ValueError, match="prompt column"):
+        observed_shift(before.drop(columns="prompt_id"), before)
+
+
+# ----------------------------------------------------------------------------- compare
+
+
+def test_compare_perfect_line_gives_r2_one():
+    pred = pd.Series([-0.2, 0.0, 0.1, 0.3], index=list("abcd"))
+    obs = pd.DataFrame({"shift": 2 * pred + 0.1}).assign(ci_low=lambda d: d["shift"] - 0.05,
+                                                         ci_high=lambda d: d["shift"] + 0.05)
+    stats, fig = compare(pred, obs.iloc[::-1], labels={"a": "bold"})
+    assert stats["r2"] == pytest.approx(1.0) and stats["pearson_r"] == pytest.approx(1.0)
+    assert stats["slope"] == pytest.approx(2.0) and stats["intercept"] == pytest.approx(0.1)
+    assert stats["slope_se"] == pytest.approx(0.0, abs=1e-9) and stats["spearman_rho"] == pytest.approx(1.0)
+    assert stats["n"] == 4
+    points = fig.data[0]
+    assert list(points.text) == ["bold", "b", "c", "d"]
+    assert list(points.y) == pytest.approx(list(2 * pred + 0.1))  # aligned by concept, not by position
+    assert list(points.error_y.array) == pytest.approx([0.05] * 4)
+
+
+def test_compare_known_values():
+    x = np.array([0.0, 1.0, 2.0, 3.0, 4.0])
+    y = np.array([0.0, 2.0, 1.0, 4.0, 3.0])
+    stats, _ = compare(pd.Series(x, index=list("abcde")), pd.Series(y, index=list("abcde")))
+    # by hand: Sxx = 10, Sxy = 8, Syy = 10 -> slope 0.8, r = 0.8, R² = 0.64
+    assert stats["slope"] == pytest.approx(0.8) and stats["r2"] == pytest.approx(0.64)
+    assert stats["intercept"] == pytest.approx(0.4)
+    # residuals (-0.4, 0.8, -1, 1.2, -0.6): SSE = 3.6, se(slope) = sqrt(3.6 / 3 / 10)
+    assert stats["slope_se"] == pytest.approx(np.sqrt(0.12))
+    # ranks are the values themselves: rho = 1 - 6 * Σd² / (n (n² - 1)) = 1 - 6 * 4 / 120 = 0.8
+    assert stats["spearman_rho"] == pytest.approx(0.8)
+    # zero-intercept fit: b0 = Σxy / Σx² = 28 / 30; R² = 1 - Σ(y - b0 x)² / Σ(y - ȳ)²
+    b0 = 28 / 30
+    assert stats["slope_origin"] == pytest.approx(b0)
+    assert stats["r2_origin"] == pytest.approx(1 - ((y - b0 * x) ** 2).sum() / 10)
+
+
+def test_compare_names_mismatched_concepts():
+    pred = pd.Series([0.1, 0.2, 0.3], index=["sae:0", "sae:1", "sae:2"])
+    obs = pd.Series([0.1, 0.2, 0.3], index=["sae:0", "sae:1", "sae:3"])
+    with pytest.raises(ValueError, match="only predicted \\['sae:2'\\], only observed \\['sae:3'\\]"):
+        compare(pred, obs)
+    with pytest.raises(ValueError, match="at least 3"):
+        compare(pred[:2], obs[:2])
+    with pytest.raises(ValueError, match="same for every concept"):
+        compare(pd.Series(0.0, index=pred.index), pd.Series([1.0, 2.0, 3.0], index=pred.index))
