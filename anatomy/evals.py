@@ -420,8 +420,9 @@ def direction_scorer(model, directions, *, pooling: Literal["mean", "max"] = "me
     return _named(score, "direction_scorer")
 
 
-def sae_scorer(model, sae, clusters: pd.DataFrame, *, stat: Literal["freq", "max"] = "freq",
-               hook: str | None = None, batch_tokens: int = 4096, progress: bool = True) -> Scorer:
+def sae_scorer(model, sae, clusters: pd.DataFrame, *, stat: Literal["freq", "max", "active"] = "freq",
+               tau: float = 0.01, hook: str | None = None, batch_tokens: int = 4096,
+               progress: bool = True) -> Scorer:
     """SAE concept-cluster activity of each response, read by ``model`` + ``sae`` (the pre-DPO lens).
 
     Re-encodes each response's tokens at the SAE's hook and, per cluster, sums
@@ -429,6 +430,9 @@ def sae_scorer(model, sae, clusters: pd.DataFrame, *, stat: Literal["freq", "max
     response tokens where the latent is > 0; ``stat="freq"``) or their max
     activation (``stat="max"``): the same quantity ``saes.cluster_scores`` gives
     for one span of a pair, so predicted and observed shifts are on one scale.
+    ``stat="active"`` is the share of member features whose firing frequency
+    exceeds ``tau``: the per-response quantity whose chosen-minus-rejected mean is
+    the paper's signed disparity u (``predict.predict_shift_from_features``).
 
     Args:
         model: the ``TransformerBridge`` that reads the rollouts: the pre-DPO model,
@@ -443,8 +447,8 @@ def sae_scorer(model, sae, clusters: pd.DataFrame, *, stat: Literal["freq", "max
     """
     from .saes import sae_hook
 
-    if stat not in ("freq", "max"):
-        raise ValueError(f"stat must be 'freq' or 'max', got {stat!r}")
+    if stat not in ("freq", "max", "active"):
+        raise ValueError(f"stat must be 'freq', 'max' or 'active', got {stat!r}")
     for col in ("feature", "cluster"):
         if col not in clusters.columns:
             raise ValueError(f"clusters lacks column {col!r}; pass saes.cluster_features output")
@@ -471,8 +475,15 @@ def sae_scorer(model, sae, clusters: pd.DataFrame, *, stat: Literal["freq", "max
             if not len(x):
                 continue
             z = sae.encode(x.to(device=param.device, dtype=param.dtype)).float()
-            per_feature = (z > 0).float().mean(0) if stat == "freq" else z.max(0).values.clamp(min=0)
+            if stat == "max":
+                per_feature = z.max(0).values.clamp(min=0)
+            else:
+                per_feature = (z > 0).float().mean(0)
+                if stat == "active":
+                    per_feature = (per_feature > tau).float()
             out[i] = (per_feature @ M).cpu().numpy()
+        if stat == "active":
+            out /= M.sum(0).clamp(min=1).cpu().numpy()
         return pd.DataFrame(out, columns=[f"sae:{c}" for c in range(n_clusters)])
 
     return _named(score, "sae_scorer")

@@ -176,6 +176,12 @@ def test_sae_scorer_equals_cluster_scores_of_the_same_text(model, sae):
         got = out[[f"sae:{c}" for c in range(4)]].to_numpy()
         assert got == pytest.approx(ref.to_numpy(), rel=1e-5, abs=1e-6)
         assert (got[:, 0] > 0).any()
+    # "active": the share of a cluster's member features firing on > tau of the response tokens
+    out = measure(frame, sae_scorer(model, sae, clusters, stat="active", tau=0.2, batch_tokens=1, progress=False))
+    fired_share = (feats.freq["chosen"].toarray() > 0.2).astype(float)
+    member = clusters[clusters["cluster"] >= 0]
+    ref = np.stack([fired_share[:, member.loc[member["cluster"] == c, "feature"]].mean(1) for c in range(4)], 1)
+    assert out[[f"sae:{c}" for c in range(4)]].to_numpy() == pytest.approx(ref, abs=1e-6)
 
 
 def test_scorers_refuse_a_lens_that_was_trained_in_place(model, sae):
