@@ -12,7 +12,7 @@ chosen response).
         numpy for mean, d_z and superiority; then statsmodels multipletests (fdr_bh)
 
 Every number is compared (max abs difference must be <= 1e-8). paired_stats is timed as the
-best of 3 runs (its ~0.5 s is at the mercy of load spikes on a shared machine), the loop
+best of 3 runs (its ~0.15-0.3 s is at the mercy of load spikes on a shared machine), the loop
 (~100x longer, so spikes average out) once. Also timed, for information: paired_stats with
 the default n_boot=2000 bootstrap (one matrix product of ~10^11 multiply-adds at full size). Prints one JSON line and writes it to
 results/bench_contrast.json. Usage: python benchmarks/bench_contrast.py [--quick]
@@ -92,7 +92,7 @@ def main() -> None:
     chosen, rejected, planted = synthetic_pairs(n_pairs, n_features)
 
     seconds_vec = float("inf")
-    for _ in range(REPEATS):  # best of a few: a 0.5 s timing is at the mercy of load spikes
+    for _ in range(REPEATS):  # best of a few: a 0.2 s timing is at the mercy of load spikes
         t = time.perf_counter()
         ours = paired_stats(chosen, rejected, n_boot=0)
         seconds_vec = min(seconds_vec, time.perf_counter() - t)

@@ -102,6 +102,36 @@ def test_chunking_column_order_and_layout_do_not_change_results(monkeypatch):
         np.testing.assert_allclose(chunked[col], full[col], rtol=0, atol=1e-6, err_msg=col)
 
 
+@pytest.mark.parametrize("sparse_share", [0.0, 1.01])
+@pytest.mark.parametrize("block_rows", [1, 3, 7])
+def test_all_zero_rows_at_block_edges_and_tied_magnitudes(block_rows, sparse_share, monkeypatch):
+    # only the non-zero gaps are ranked, row segment by row segment: rows with no, one or
+    # all non-zero gaps, at the start and end of blocks, and +/- ties across rows
+    monkeypatch.setattr(contrast, "_SPARSE_SHARE", sparse_share)
+    rng = np.random.default_rng(11)
+    n = 31
+    cols = {}
+    for j in range(17):
+        kind = j % 4
+        if kind == 0:
+            c = r = np.zeros(n)
+        elif kind == 1:
+            c, r = np.r_[2.5, np.zeros(n - 1)], np.zeros(n)
+        elif kind == 2:
+            c, r = rng.integers(-2, 3, n).astype(float), rng.integers(-2, 3, n).astype(float)
+        else:
+            c, r = rng.choice([0.0, 0.5, -0.5, 1e-300], n), np.zeros(n)
+        cols[f"c{j}"] = (c, r)
+    chosen = pd.DataFrame({k: v[0] for k, v in cols.items()})
+    rejected = pd.DataFrame({k: v[1] for k, v in cols.items()})
+    monkeypatch.setattr(contrast, "_BLOCK_ELEMS", n * block_rows)
+    got = paired_stats(chosen, rejected, n_boot=0)
+    ref = reference(chosen, rejected)
+    for col in NUMERIC:
+        np.testing.assert_allclose(got[col].to_numpy(float), ref[col].to_numpy(float),
+                                   rtol=0, atol=1e-8, err_msg=col)
+
+
 def test_n_boot_zero_skips_the_bootstrap_only():
     chosen, rejected = make_pairs(seed=4)
     no_boot = paired_stats(chosen, rejected, n_boot=0)
