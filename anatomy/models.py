@@ -76,6 +76,8 @@ def default_model_dir(cache_dir: str | Path | None = None) -> Path:
     tmp = out.with_name(out.name + ".partial")
     tmp.mkdir(parents=True, exist_ok=True)
     save_model(model, str(tmp / "model.safetensors"))  # handles the tied embedding
+    if hasattr(model.config, "quantization_config"):  # the weights are plain float32 now
+        del model.config.quantization_config
     model.config.save_pretrained(tmp)
     model.generation_config.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
@@ -133,6 +135,9 @@ def load_hf_model(
             f"Could not load model {name!r} ({err.__class__.__name__}: {err}). "
             f"A hub id needs the Hugging Face hub; for the default model, {INSTALL_HINT}."
         ) from err
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None and _is_default(name):  # a cache written before the fix above:
+        quantizer.remove_quantization_config(model)  # the weights are de-quantised, trainable
     model.to(device).eval()
     return model, load_tokenizer(name, cache_dir=cache_dir)
 

@@ -1,0 +1,266 @@
+"""Predict what DPO will teach, train, roll out, compare (METHOD §4; `make reproduce-predict`).
+
+1. Read the training pairs with the pre-DPO lens and predict a shift per concept,
+   in three lenses: annotators (string search), directions (difference of means of
+   annotator-labelled responses at the SAE's layer) and SAE concept clusters (the
+   top clusters by |u| on the training data, plus the best-matching cluster of
+   every planted concept).
+2. Roll out the pre-DPO model on held-out prompts (the organism's heldout split).
+3. Train plain DPO (``train_dpo``) on the training pairs.
+4. Roll out the trained policy with the same seed, measure both sets of rollouts
+   with the same pre-DPO lens, and compare predicted with observed shift (R² per lens).
+5. Health (distinct-2, repetition) and intended learning (preference accuracy and
+   mean margin on held-out clean pairs, before vs after).
+
+Writes ``results/predict.json`` (keys ``r2_by_lens``, ``n_concepts``,
+``distinct2_ratio``, ``intended_learning_delta``, the per-concept table and the
+settings) and ``figures/06_predicted_vs_observed.html``.
+
+Usage: python benchmarks/reproduce_predict.py [--quick] [--threads 2] [--lr 2e-5] ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CONCEPTS = ["bold", "header", "list_item", "emoji", "em_dash", "exclamation", "flattery", "hedge",
+            "table", "horizontal_rule", "url", "refusal", "agreement"]
+
+
+def _auroc(score: np.ndarray, label: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(label, score)) if 0 < label.sum() < len(label) else float("nan")
+
+
+def _heldout_prompts(n_prompts: int, seed: int) -> list[dict]:
+    from anatomy.data import load_preferences
+
+    ds = load_preferences("organism", split="heldout")
+    first: dict[str, dict] = {}
+    for row in ds:
+        first.setdefault(row["prompt_id"], {"prompt_id": row["prompt_id"], "prompt": row["prompt"],
+                                            "family": row["family"]})
+    prompts = sorted(first.values(), key=lambda r: r["prompt_id"])
+    rng = np.random.default_rng(seed)
+    keep = sorted(rng.permutation(len(prompts))[:n_prompts]) if n_prompts < len(prompts) else range(len(prompts))
+    return [prompts[i] for i in keep]
+
+
+def _standardised(before: pd.DataFrame, after: pd.DataFrame, scale: pd.Series) -> tuple[pd.DataFrame, pd.DataFrame]:
+    cols = list(scale.index)
+    b, a = before.copy(), after.copy()
+    b[cols] = b[cols] / scale.values
+    a[cols] = a[cols] / scale.values
+    return b, a
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n-train", type=int, default=256)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--lr", type=float, default=2e-5)
+    ap.add_argument("--beta", type=float, default=0.1)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--n-prompts", type=int, default=99)
+    ap.add_argument("--samples", type=int, default=2)
+    ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--temperature", type=float, default=0.7)
+    ap.add_argument("--n-clean", type=int, default=100)
+    ap.add_argument("--resolution", type=float, default=30.0)
+    ap.add_argument("--top-clusters", type=int, default=12)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="a tiny run to check the plumbing (minutes)")
+    ap.add_argument("--out", default=str(ROOT / "results" / "predict.json"))
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.n_train, args.epochs, args.n_prompts, args.samples = 24, 1, 12, 1
+        args.max_new_tokens, args.n_clean, args.resolution = 24, 16, 10.0
+    torch.set_num_threads(args.threads)
+    t_start = time.time()
+    timings: dict[str, float] = {}
+
+    from anatomy.cache import cache_pairs
+    from anatomy.concepts import annotate
+    from anatomy.data import load_preferences
+    from anatomy.evals import annotator_scorer, direction_scorer, distinct_n, measure, repetition_rate, rollouts, \
+        sae_scorer
+    from anatomy.models import load_model
+    from anatomy.predict import compare, observed_shift, predict_shift, predict_shift_from_features
+    from anatomy.probes import direction_from_labels
+    from anatomy.saes import cluster_features, cluster_scores, feature_summaries, load_sae
+    from anatomy.train import preference_margins, train_dpo
+    from anatomy.viz import save_figure
+
+    def tick(name: str, t0: float) -> None:
+        timings[name] = round(time.time() - t0, 1)
+        print(f"[{name}] {timings[name]} s", flush=True)
+
+    t0 = time.time()
+    lens = load_model()  # the pre-DPO lens: never trained
+    policy = load_model()  # trained in place
+    sae = load_sae()
+    hook = sae.cfg.metadata.hook_name
+    train_ds = load_preferences("organism", split="train")
+    rng = np.random.default_rng(args.seed)
+    idx = sorted(rng.permutation(len(train_ds))[: args.n_train].tolist())
+    pairs = [train_ds[i] for i in idx]
+    clean_ds = load_preferences("organism", split="clean")
+    clean = [clean_ds[i] for i in sorted(rng.permutation(len(clean_ds))[: args.n_clean].tolist())]
+    prompts = _heldout_prompts(args.n_prompts, args.seed)
+    tick("load", t0)
+
+    # ---- 1. predict, from the training pairs read by the pre-DPO lens
+    t0 = time.time()
+    ann_c = annotate([p["chosen"] for p in pairs], CONCEPTS)
+    ann_r = annotate([p["rejected"] for p in pairs], CONCEPTS)
+    pres_c, pres_r = (ann_c > 0).astype(float), (ann_r > 0).astype(float)
+    pred = {"annotators": predict_shift(pres_c, pres_r, method="u", prefix="annotator_present:"),
+            "annotators_z": predict_shift(ann_c.astype(float), ann_r.astype(float), method="z_gap",
+                                          prefix="annotator:")}
+    count_scale = pd.Series(np.sqrt((ann_c.var(ddof=1) + ann_r.var(ddof=1)).values / 2),
+                            index=[f"annotator:{c}" for c in CONCEPTS])
+    count_scale = count_scale[count_scale > 0]  # a concept absent from the training pairs predicts nothing
+    pred["annotators_z"] = pred["annotators_z"][count_scale.index]
+
+    acts = cache_pairs(lens, pairs, hook, pooling=("mean",), progress=False)
+    xc, xr = acts.get(hook, "chosen", "mean"), acts.get(hook, "rejected", "mean")
+    directions, dir_rows = {}, []
+    for c in CONCEPTS:
+        lab = np.r_[pres_c[c].to_numpy(), pres_r[c].to_numpy()].astype(bool)
+        if lab.sum() < 6 or (~lab).sum() < 6:
+            dir_rows.append({"concept": c, "skipped": f"{int(lab.sum())} positive responses"})
+            continue
+        x = torch.cat([xc, xr])
+        d = direction_from_labels(x[torch.as_tensor(lab)], x[torch.as_tensor(~lab)], name=c, hook=hook,
+                                  seed=args.seed)
+        directions[c] = d
+        dir_rows.append({"concept": c, "heldout_auroc": round(d.heldout_auroc, 3)})
+    unit = {c: d.vector / d.vector.norm() for c, d in directions.items()}
+    proj_c = pd.DataFrame({f"direction:{c}": (xc @ u).numpy() for c, u in unit.items()})
+    proj_r = pd.DataFrame({f"direction:{c}": (xr @ u).numpy() for c, u in unit.items()})
+    pred["directions"] = predict_shift(proj_c, proj_r, method="z_gap")
+    dir_scale = pd.Series(np.sqrt((proj_c.var(ddof=1) + proj_r.var(ddof=1)).values / 2), index=proj_c.columns)
+
+    feats = feature_summaries(lens, sae, pairs, progress=False)
+    clusters = cluster_features(feats, resolution=args.resolution, seed=args.seed)
+    u_all = predict_shift_from_features(feats, clusters)
+    chosen_sc = cluster_scores(feats, clusters, span="chosen")
+    rejected_sc = cluster_scores(feats, clusters, span="rejected")
+    match = {}
+    for c in CONCEPTS:  # the cluster whose activity best tracks each planted concept (on the training data)
+        lab = np.r_[pres_c[c].to_numpy(), pres_r[c].to_numpy()]
+        if 0 < lab.sum() < len(lab):
+            au = {k: _auroc(np.r_[chosen_sc[k].to_numpy(), rejected_sc[k].to_numpy()], lab) for k in chosen_sc}
+            best = max(au, key=au.get)
+            match[c] = (f"sae:{best}", au[best])
+    top = u_all.abs().sort_values(ascending=False).index[: args.top_clusters].tolist()
+    chosen_clusters = list(dict.fromkeys(top + [m for m, _ in match.values()]))
+    pred["sae_clusters"] = u_all[chosen_clusters]
+    n_clusters = int(clusters["cluster"].max()) + 1
+    tick("predict", t0)
+
+    # ---- 2. rollouts before
+    t0 = time.time()
+    roll_kw = dict(n_samples=args.samples, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+                   seed=args.seed, batch_size=32, progress=False)
+    before = rollouts(lens, prompts, **roll_kw)
+    tick("rollouts_before", t0)
+    t0 = time.time()
+    margins_before = preference_margins(lens, clean)
+    tick("margins_before", t0)
+
+    # ---- 3. train
+    t0 = time.time()
+    result = train_dpo(policy, pairs, beta=args.beta, lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
+                       seed=args.seed, progress=False)
+    tick("train", t0)
+
+    # ---- 4. rollouts after, measured with the pre-DPO lens
+    t0 = time.time()
+    after = rollouts(policy, prompts, **roll_kw)
+    tick("rollouts_after", t0)
+    t0 = time.time()
+    margins_after = preference_margins(policy, clean)
+    tick("margins_after", t0)
+    t0 = time.time()
+    scorers = [annotator_scorer(CONCEPTS), direction_scorer(lens, directions, progress=False),
+               sae_scorer(lens, sae, clusters, stat="active", progress=False)]
+    m_before, m_after = measure(before, scorers), measure(after, scorers)
+    tick("measure", t0)
+
+    obs = {
+        "annotators": observed_shift(m_before, m_after, stat="rate", tau=0.5,
+                                     concepts=list(pred["annotators"].index), seed=args.seed),
+        "annotators_z": observed_shift(*_standardised(m_before, m_after, count_scale), stat="mean",
+                                       concepts=list(count_scale.index), seed=args.seed),
+        "directions": observed_shift(*_standardised(m_before, m_after, dir_scale), stat="mean",
+                                     concepts=list(dir_scale.index), seed=args.seed),
+        "sae_clusters": observed_shift(m_before, m_after, stat="mean", concepts=chosen_clusters, seed=args.seed),
+    }
+    label_of = {f"sae:{k}": f"cluster {k}" for k in range(n_clusters)}
+    for c, (col, au) in match.items():
+        label_of[col] = label_of[col] + f" ~{c}" if "~" in label_of[col] else f"cluster {col[4:]} ~{c}"
+    stats, figs, rows = {}, {}, []
+    for lens_name in pred:
+        p, o = pred[lens_name], obs[lens_name]
+        labels = {k: (label_of.get(k) or k.split(":", 1)[1]) for k in p.index}
+        stats[lens_name], figs[lens_name] = compare(p, o, labels=labels,
+                                                    title=f"{lens_name}: predicted vs observed shift")
+        for k in p.index:
+            rows.append({"lens": lens_name, "concept": labels[k], "column": k, "predicted": float(p[k]),
+                         **{c: float(o.loc[k, c]) for c in ("before", "after", "shift", "ci_low", "ci_high")}})
+    for lens_name, fig in figs.items():
+        save_figure(fig, f"06_predicted_vs_observed_{lens_name}")
+
+    d2_before, d2_after = distinct_n(before["response"], 2), distinct_n(after["response"], 2)
+    acc_b, acc_a = float((margins_before.margin > 0).mean()), float((margins_after.margin > 0).mean())
+    out = {
+        "r2_by_lens": {k: round(v["r2"], 4) for k, v in stats.items()},
+        "n_concepts": {k: int(v["n"]) for k, v in stats.items()},
+        "compare": {k: {kk: (round(vv, 4) if isinstance(vv, float) else vv) for kk, vv in v.items()}
+                    for k, v in stats.items()},
+        "distinct2_ratio": round(d2_after / d2_before, 4),
+        "distinct2": {"before": round(d2_before, 4), "after": round(d2_after, 4)},
+        "repetition_rate": {"before": round(repetition_rate(before["response"]), 4),
+                            "after": round(repetition_rate(after["response"]), 4)},
+        "intended_learning_delta": round(acc_a - acc_b, 4),
+        "intended_learning": {
+            "metric": "share of held-out clean pairs with log p(chosen) > log p(rejected)",
+            "accuracy_before": round(acc_b, 4), "accuracy_after": round(acc_a, 4),
+            "mean_margin_before": round(float(margins_before.margin.mean()), 3),
+            "mean_margin_after": round(float(margins_after.margin.mean()), 3),
+            "n_pairs": len(clean)},
+        "training": {"final_loss": round(float(result.history.loss.tail(5).mean()), 4),
+                     "final_accuracy": round(float(result.history.accuracy.tail(5).mean()), 4),
+                     "steps": len(result.history), "seconds": round(result.wall_seconds, 1)},
+        "directions": dir_rows,
+        "cluster_matches": {c: {"cluster": col, "train_auroc": round(au, 3)} for c, (col, au) in match.items()},
+        "n_clusters": n_clusters,
+        "per_concept": rows,
+        "settings": vars(args),
+        "timings": timings,
+        "total_seconds": round(time.time() - t_start, 1),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1, default=str))
+    before.assign(policy="before").to_json(Path(args.out).with_name("predict_rollouts_before.jsonl"),
+                                           orient="records", lines=True)
+    after.assign(policy="after").to_json(Path(args.out).with_name("predict_rollouts_after.jsonl"),
+                                         orient="records", lines=True)
+    print(json.dumps({k: out[k] for k in ("r2_by_lens", "n_concepts", "distinct2_ratio",
+                                          "intended_learning_delta", "total_seconds")}))
+    return out
+
+
+if __name__ == "__main__":
+    main()
