@@ -5,7 +5,9 @@ Stages (one module each): ``models`` (load the model, format pairs), ``data``
 ``concepts`` (text-level concept annotators), ``organism`` (the embedded dataset),
 ``probes`` (difference-of-means directions and linear probes), ``saes`` (the SAE
 lens: training, per-span feature summaries, concept clusters, offline labels),
-``contrast`` (paired statistics of chosen vs rejected concept scores), ``viz``.
+``contrast`` (paired statistics of chosen vs rejected concept scores), ``hypotheses``
+(the global and prompt-conditioned views, ranked), ``train`` (shaped DPO), ``evals``
+(rollouts and their scores), ``predict`` (predicted vs observed shift), ``viz``.
 
 Names are imported lazily (PEP 562), so ``import anatomy`` is fast and a stage's
 heavy dependencies (torch, transformers, sae_lens) load on first use.
@@ -18,6 +20,14 @@ import importlib
 _EXPORTS = {
     "cache": ["PairActivations", "cache_pairs", "load_pair_activations", "stream_pair_activations"],
     "contrast": ["paired_stats", "plot_hypotheses", "plot_volcano", "preference_regression"],
+    "evals": ["annotator_scorer", "direction_scorer", "distinct_n", "measure", "repetition_rate", "rollouts",
+              "sae_scorer"],
+    "hypotheses": ["data_clusters", "global_hypotheses", "hypotheses_table", "prompt_clusters",
+                   "prompt_conditioned_hypotheses", "rank_hypotheses", "show_examples", "signed_disparity",
+                   "symmetric_activity"],
+    "predict": ["compare", "observed_shift", "predict_shift", "predict_shift_from_features"],
+    "train": ["TrainConfig", "TrainResult", "dpo_loss", "load_train_run", "pair_logprobs", "preference_margins",
+              "train_dpo"],
     "data": ["PreferenceDataError", "load_eval_prompts", "load_preferences", "load_prompts_csv"],
     "models": ["format_pair", "format_prompt", "load_hf_model", "load_model", "load_tokenizer"],
     "probes": ["Direction", "Probe", "contrastive_prompt_direction", "diff_of_means", "direction_from_labels",
