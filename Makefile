@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo test bench organism clean
+.PHONY: install demo test bench organism reproduce-diagnose reproduce-predict clean
 
 install: $(STAMP)
 
@@ -31,6 +31,14 @@ bench: install
 
 organism: install
 	$(PY) -m anatomy.organism build --seed 0
+
+# issue 5: the diagnosis of the organism, scored against its ground truth -> results/diagnose.json
+reproduce-diagnose: install
+	$(PY) benchmarks/reproduce_diagnose.py --features-dir results/features
+
+# issue 6: predict, train DPO, roll out, compare -> results/predict.json + figures/06_*.html
+reproduce-predict: install
+	$(PY) benchmarks/reproduce_predict.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
