@@ -275,7 +275,9 @@ def compare(
         ``spearman_rho``, ``spearman_p`` (two-sided); ``slope``, ``slope_se``,
         ``intercept``, ``intercept_se`` (OLS, ``scipy.stats.linregress``);
         ``slope_origin``. ``fig``: a plotly scatter, observed vs predicted, with
-        the observed CIs as error bars, text labels and the fitted line.
+        the observed CIs as error bars, text labels and the fitted line. An
+        observed shift that is the same for every concept (nothing moved) has no
+        correlation to explain: ``r2`` and the correlations are then NaN.
 
     Raises:
         ValueError: concepts present on one side only (named), fewer than 3
