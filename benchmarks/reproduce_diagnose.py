@@ -1,0 +1,645 @@
+"""Diagnose the organism end to end and score the diagnosis (METHOD §3; `make reproduce-diagnose`).
+
+Two parts, kept apart on purpose:
+
+DISCOVERY (``discover``) reads only the model's activations: the shipped SAE's per-span
+feature summaries of the organism's train pairs (`feature_summaries`, reused from
+``--features-dir`` when a cache of exactly these pairs exists), and the prompt texts (to
+group pairs that share a prompt for split-half replication; the prompt *text*, not the
+``prompt_id`` column). It never opens a ground-truth column, an annotator or ``family``:
+
+  1. concept clusters T_m (`cluster_features`, NMI graph + Leiden) on the response spans,
+     and prompt-concept clusters on the prompt span, at one Leiden resolution chosen by a
+     ground-truth-free rule (``choose_resolution``, below);
+  2. global view: symmetric activity s, silent bucket + spherical k-means data clusters
+     B_k, signed disparity u (τ = 0.01), in-vs-out Δ with Welch tests and grouped split
+     halves (`global_hypotheses`), and one ranking with the dataset-wide paired rows
+     (`rank_hypotheses`, u adjusted for the length gap n_tokens(chosen) vs
+     n_tokens(rejected): chosen is longer, and longer responses fire more features);
+  3. prompt-conditioned view: prompt clusters A_k (`prompt_clusters` on the prompt-concept
+     clusters) and A_k ⇝ T_m (`prompt_conditioned_hypotheses`);
+  4. offline navigation labels of the top clusters (`label_clusters`; never used by a test).
+
+Defaults are fixed by ground-truth-free rules, stated once here and recorded in the JSON:
+  - k (data clusters and prompt clusters) = round(sqrt(n / 2)), the usual rule of thumb,
+    with n = pairs (data clusters) or distinct prompts (prompt clusters), at least 2;
+  - Leiden resolution: on the grid 1, 2, 4, 8, 16, 32, 64, the smallest resolution whose
+    largest response-concept cluster holds at most 5% of the clustered features (no
+    catch-all cluster that mixes unrelated features, as resolution 1 gives on this SAE),
+    so it is chosen from cluster sizes alone; ``--resolution`` overrides it;
+  - τ = 0.01, min data-cluster size 10, n_boot 1000, α = 0.05 (the library's defaults).
+
+SCORING (``score_against_truth``, the only function that reads the organism's ground-truth
+columns ``<concept>_chosen`` / ``<concept>_rejected``, ``family`` and ``rejected_kind``; it
+runs after discovery has returned):
+
+  - unit = one response (each pair's chosen and rejected; a response that appears twice
+    under the same prompt counts once). A hypothesis' concept cluster T_m *matches* a
+    concept when the AUROC of the cluster's score on that unit — the sum of its member
+    features' firing frequency over that response's span (`cluster_scores`, stat="freq")
+    — against "the concept is present in that response" (ground truth) is >= 0.8;
+  - right sign: the hypothesis' direction ("chosen" / "rejected") equals the sign of the
+    concept's ground-truth rate (chosen-only share minus rejected-only share) in the
+    hypothesis' scope (all pairs, or the pairs of its data cluster);
+  - recall_top{10,20}: share of the planted concepts with |rate| >= 10% (bold, list_item,
+    emoji, header, exclamation, flattery, hedge) matched with the right sign by at least one
+    of the top-k rows of the global ranking (`rank_hypotheses`: dataset-wide and
+    data-cluster rows, one row per concept cluster);
+  - precision_top{10,20} (headline): share of the top-k global rows that match, with the
+    right sign, any planted concept with a non-zero rate (the seven above plus em_dash,
+    url, refusal, agreement; the 0% controls table and horizontal_rule do not count).
+    Reported beside it (``detail``): a strict variant where a row matches only the concept
+    its cluster reads best (highest AUROC), since one cluster can pass 0.8 for several
+    co-occurring concepts; and how many top-k rows match the intended signal instead (the
+    response is the rejected side of a pair whose rejected_kind is truncated / repetitive
+    / off_topic: AUROC >= 0.8 with direction "rejected", or <= 0.2 with direction
+    "chosen"), and the share matching either;
+  - controls_min_q: the smaller Benjamini–Hochberg q (Wilcoxon signed-rank) of the 0%
+    controls table and horizontal_rule in `paired_stats` on the *annotator-count* tables
+    (`anatomy.concepts.annotate`) of chosen vs rejected, over the 13 concepts. The controls
+    are text concepts, so the annotators measure them exactly; this is a test of the
+    statistics (does a concept that varies without a preference stay insignificant?);
+  - links on resource requests: the url-matching concept clusters' Δ in the prompt clusters
+    that are mostly ``resource`` prompts, against the same clusters' dataset-wide effect
+    and best global rank;
+  - bench_ratio: ``benchmarks/bench_contrast.py --quick`` run as a subprocess (its ratio of
+    the per-concept scipy/statsmodels loop's time to `paired_stats`'s, numbers identical).
+
+Writes ``results/diagnose.json`` (the six headline keys, the per-concept table, the links
+check, the settings, timings) and ``results/diagnose_hypotheses.csv`` (the ranked global
+and prompt-conditioned hypotheses with labels and, added by the scoring, their matches).
+
+Usage:
+  python benchmarks/reproduce_diagnose.py --threads 1                 # all 2,270 train pairs
+  python benchmarks/reproduce_diagnose.py --n-train 200 --threads 1   # a seeded subset
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+CONCEPTS = ("bold", "header", "list_item", "emoji", "em_dash", "exclamation", "horizontal_rule", "table",
+            "url", "refusal", "flattery", "hedge", "agreement")
+RECALL_CONCEPTS = ("bold", "list_item", "emoji", "header", "exclamation", "flattery", "hedge")  # |rate| >= 10%
+CONTROLS = ("table", "horizontal_rule")
+PLANTED = tuple(c for c in CONCEPTS if c not in CONTROLS)  # a non-zero planted rate
+REJECTED_KINDS = ("truncated", "repetitive", "off_topic")
+RESOLUTION_GRID = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+MAX_CLUSTER_SHARE = 0.05
+AUROC_MATCH = 0.8
+
+
+# ============================================================================ data and features
+def sample_pairs(split: str, n: int | None, seed: int) -> list[dict]:
+    """``n`` pairs of the organism's ``split``: a seeded random subset kept in file order (all if None).
+
+    The same subset as ``benchmarks/lens_auroc.py`` draws, so their feature caches are shared.
+    """
+    from anatomy import load_preferences
+
+    ds = load_preferences("organism", split=split)
+    idx = np.arange(len(ds))
+    if n is not None and n < len(ds):
+        idx = np.sort(np.random.default_rng(seed).permutation(len(ds))[:n])
+    return [ds[int(i)] for i in idx]
+
+
+def discovery_view(pair: dict) -> dict:
+    """What discovery may read of a pair: its id, prompt and the two responses."""
+    return {k: pair[k] for k in ("id", "prompt", "chosen", "rejected")}
+
+
+def prompt_keys(pairs: list[dict]) -> list[str]:
+    """One key per pair: its prompt messages as JSON (pairs of one prompt are coupled)."""
+    return [json.dumps(p["prompt"], sort_keys=True) for p in pairs]
+
+
+def load_or_compute_features(pairs: list[dict], cache: Path | None, *, model_sae, progress: bool):
+    """`PairFeatures` of ``pairs``: reused from ``cache`` when it holds exactly these ids, else
+    computed with `feature_summaries` and saved there. Returns (features, seconds, reused)."""
+    from anatomy.saes import PairFeatures, feature_summaries
+
+    ids = [p["id"] for p in pairs]
+    if cache is not None and (cache / "features.json").exists():
+        feats = PairFeatures.load(cache)
+        if feats.ids == ids:
+            return feats, 0.0, True
+        raise ValueError(f"{cache} holds other pairs ({len(feats.ids)}) than asked for ({len(ids)}); "
+                         "remove it or pass another --features-dir")
+    model, sae = model_sae()
+    t = time.perf_counter()
+    feats = feature_summaries(model, sae, [discovery_view(p) for p in pairs], progress=progress)
+    seconds = time.perf_counter() - t
+    if cache is not None:
+        feats.save(cache)
+    return feats, seconds, False
+
+
+# ============================================================================ discovery (no ground truth)
+def default_k(n: int) -> int:
+    """The rule of thumb k = round(sqrt(n / 2)), at least 2."""
+    return max(2, int(round(math.sqrt(n / 2))))
+
+
+def cluster_size_profile(clusters: pd.DataFrame) -> dict:
+    member = clusters[clusters["cluster"] >= 0]
+    sizes = member.groupby("cluster").size()
+    return {"clusters": int(len(sizes)), "clustered_features": int(sizes.sum()),
+            "size_min": int(sizes.min()) if len(sizes) else 0,
+            "size_median": float(sizes.median()) if len(sizes) else 0.0,
+            "size_max": int(sizes.max()) if len(sizes) else 0,
+            "max_share": float(sizes.max() / sizes.sum()) if len(sizes) else 1.0}
+
+
+def choose_resolution(features, *, grid=RESOLUTION_GRID, max_share: float = MAX_CLUSTER_SHARE,
+                      seed: int = 0) -> tuple[float, pd.DataFrame, pd.DataFrame]:
+    """The smallest resolution on ``grid`` whose largest cluster holds <= ``max_share`` of the
+    clustered features (ground-truth free: cluster sizes only). Returns (resolution, the
+    clusters at it, the size profile of every resolution tried)."""
+    from anatomy import cluster_features
+
+    rows, chosen = [], None
+    for r in grid:
+        cl = cluster_features(features, resolution=r, seed=seed)
+        prof = cluster_size_profile(cl)
+        rows.append({"resolution": r, **prof})
+        if prof["max_share"] <= max_share:
+            chosen = (r, cl)
+            break
+    if chosen is None:  # no resolution on the grid is fine enough: take the finest
+        chosen = (grid[-1], cl)
+    return chosen[0], chosen[1], pd.DataFrame(rows)
+
+
+def discover(features, keys: list[str], *, resolution: float | None = None, k_data: int | None = None,
+             k_prompt: int | None = None, tau: float = 0.01, min_size: int = 10, n_boot: int = 1000,
+             covariate: str = "length", seed: int = 0) -> dict:
+    """The whole diagnosis from activations: clusters, both views, the ranked tables.
+
+    features: `PairFeatures` of the pairs; keys: one prompt key per pair (`prompt_keys`).
+    Returns a dict with clusters, prompt_concepts, u, s, data_labels, prompt_labels,
+    global_rows, ranked, prompt_rows, length_gap and the settings used.
+    """
+    from anatomy import cluster_features
+    from anatomy.hypotheses import (data_clusters, global_hypotheses, length_gap, prompt_clusters,
+                                    prompt_conditioned_hypotheses, rank_hypotheses, signed_disparity,
+                                    symmetric_activity)
+
+    timings = {}
+    t = time.perf_counter()
+    if resolution is None:
+        resolution, clusters, profile = choose_resolution(features, seed=seed)
+        rule = (f"smallest of {list(RESOLUTION_GRID)} with largest cluster <= {MAX_CLUSTER_SHARE:.0%} "
+                "of clustered features")
+    else:
+        clusters = cluster_features(features, resolution=resolution, seed=seed)
+        profile = pd.DataFrame([{"resolution": resolution, **cluster_size_profile(clusters)}])
+        rule = "given (--resolution)"
+    prompt_concepts = cluster_features(features, span="prompt", resolution=resolution, seed=seed)
+    if not (prompt_concepts["cluster"] >= 0).any():  # a handful of prompts: NMI ties leave no edge
+        prompt_concepts = clusters
+    timings["clusters"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    n = len(features)
+    n_prompts = len(set(keys))
+    k_data = k_data or default_k(n)
+    k_prompt = k_prompt or default_k(n_prompts)
+    s = symmetric_activity(features, clusters)
+    data_labels = data_clusters(s, k=k_data, seed=seed)
+    u = signed_disparity(features, clusters, tau=tau)
+    lg = length_gap(features)
+    groups = np.asarray(keys, dtype=object)
+    global_rows = global_hypotheses(u, data_labels, min_size=min_size, groups=groups, seed=seed)
+    ranked = rank_hypotheses(u, data_labels, conditional=global_rows,
+                             covariates=lg.to_numpy() if covariate == "length" else None,
+                             min_size=min_size, groups=groups, seed=seed, n_boot=n_boot)
+    prompt_labels = prompt_clusters(features, prompt_concepts, k=k_prompt, seed=seed)
+    prompt_rows = prompt_conditioned_hypotheses(u, prompt_labels, min_size=min_size, groups=groups, seed=seed)
+    timings["hypotheses"] = time.perf_counter() - t
+    settings = {"resolution": resolution, "resolution_rule": rule, "k_data": k_data, "k_prompt": k_prompt,
+                "k_rule": "round(sqrt(n / 2)), n = pairs (data) or distinct prompts (prompt clusters)",
+                "tau": tau, "min_size": min_size, "n_boot": n_boot, "covariate": covariate, "seed": seed,
+                "n_pairs": n, "n_prompts": n_prompts,
+                "concept_clusters": cluster_size_profile(clusters),
+                "prompt_concept_clusters": cluster_size_profile(prompt_concepts),
+                "resolution_profile": profile.to_dict(orient="records")}
+    return {"clusters": clusters, "prompt_concepts": prompt_concepts, "s": s, "u": u, "length_gap": lg,
+            "data_labels": data_labels, "prompt_labels": prompt_labels, "global_rows": global_rows,
+            "ranked": ranked, "prompt_rows": prompt_rows, "settings": settings, "timings": timings}
+
+
+def label_top_clusters(model, sae, pairs: list[dict], disc: dict, *, top: int = 20, n_pairs: int = 200,
+                       seed: int = 0) -> pd.DataFrame:
+    """Offline labels (`label_clusters`) of the concept clusters in the top ``top`` rows of both views,
+    from ``n_pairs`` seeded pairs. Navigation only."""
+    from anatomy import label_clusters
+
+    ids = list(dict.fromkeys([int(c) for c in disc["ranked"]["concept"].head(top)]
+                             + [int(c) for c in disc["prompt_rows"]["concept"].head(top)]))
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.permutation(len(pairs))[:min(n_pairs, len(pairs))])
+    return label_clusters(model, sae, [discovery_view(pairs[i]) for i in idx], disc["clusters"],
+                          cluster_ids=ids, top_k=6, progress=False)
+
+
+# ============================================================================ scoring (GROUND TRUTH)
+def response_units(pairs: list[dict]) -> pd.DataFrame:
+    """GROUND TRUTH. One row per distinct (prompt, response): row, span, truth_<concept>, kind_<k>."""
+    rows, seen = [], set()
+    for i, p in enumerate(pairs):
+        for span in ("chosen", "rejected"):
+            key = (json.dumps(p["prompt"], sort_keys=True), p[span])
+            if key in seen:
+                continue
+            seen.add(key)
+            row = {"row": i, "span": span}
+            for c in CONCEPTS:
+                row[c] = bool(p[f"{c}_{span}"])
+            for k in REJECTED_KINDS:
+                row[f"kind_{k}"] = span == "rejected" and p["rejected_kind"] == k
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def auroc_matrix(scores: np.ndarray, labels: pd.DataFrame) -> pd.DataFrame:
+    """AUROC of every score column (clusters) for every boolean label column (ties count half)."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(scores, axis=0)
+    out = {}
+    for c in labels.columns:
+        y = labels[c].to_numpy(dtype=bool)
+        n_pos, n_neg = int(y.sum()), int((~y).sum())
+        if n_pos == 0 or n_neg == 0:
+            out[c] = np.full(scores.shape[1], np.nan)
+        else:
+            out[c] = (ranks[y].sum(0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    return pd.DataFrame(out)
+
+
+def truth_rate(pairs_df: pd.DataFrame, concept: str, rows: np.ndarray | None = None) -> float:
+    """GROUND TRUTH. Chosen-only share minus rejected-only share (over ``rows``, or all pairs)."""
+    d = pairs_df if rows is None else pairs_df.iloc[rows]
+    c, r = d[f"{concept}_chosen"].astype(bool), d[f"{concept}_rejected"].astype(bool)
+    return float((c & ~r).mean() - (r & ~c).mean()) if len(d) else float("nan")
+
+
+def _scope_rows(row, labels: np.ndarray) -> np.ndarray | None:
+    return None if int(row["group"]) == -1 else np.flatnonzero(labels == int(row["group"]))
+
+
+def match_rows(table: pd.DataFrame, labels: np.ndarray, auc: pd.DataFrame, pairs_df: pd.DataFrame) -> pd.DataFrame:
+    """GROUND TRUTH. Per hypothesis row: matched concepts (right sign), intended-signal matches."""
+    out = []
+    for _, row in table.iterrows():
+        m = int(row["concept"])
+        scope = _scope_rows(row, labels)
+        sign = 1 if row["direction"] == "chosen" else -1 if row["direction"] == "rejected" else 0
+        matched, wrong_sign = [], []
+        for c in CONCEPTS:
+            if auc.at[m, c] >= AUROC_MATCH:
+                rate = truth_rate(pairs_df, c, scope)
+                (matched if sign != 0 and np.sign(rate) == sign else wrong_sign).append(c)
+        intended = [k for k in REJECTED_KINDS
+                    if (auc.at[m, f"kind_{k}"] >= AUROC_MATCH and sign == -1)
+                    or (auc.at[m, f"kind_{k}"] <= 1 - AUROC_MATCH and sign == 1)]
+        best = max(CONCEPTS, key=lambda c: auc.at[m, c])
+        out.append({"matches": ",".join(matched), "matches_wrong_sign": ",".join(wrong_sign),
+                    "matches_strict": best if best in matched else "",
+                    "matches_planted": any(c in PLANTED for c in matched),
+                    "matches_intended": ",".join(intended),
+                    "best_concept": best, "best_concept_auroc": float(auc.at[m, best])})
+    return pd.DataFrame(out, index=table.index)
+
+
+def score_against_truth(pairs: list[dict], features, disc: dict, *, tops=(10, 20), seed: int = 0) -> dict:
+    """GROUND TRUTH is read here and only here, after discovery. See the module docstring."""
+    from anatomy import cluster_scores, paired_stats, preference_regression
+    from anatomy.concepts import annotate
+
+    pairs_df = pd.DataFrame(pairs)
+    assert list(pairs_df["id"]) == list(features.ids), "pairs and features are not in the same order"
+    clusters = disc["clusters"]
+    units = response_units(pairs)
+    per_span = {s: cluster_scores(features, clusters, stat="freq", span=s).to_numpy() for s in ("chosen", "rejected")}
+    stacked = np.vstack([per_span["chosen"], per_span["rejected"]])
+    rows = units["row"].to_numpy() + len(pairs) * (units["span"].to_numpy() == "rejected")
+    label_cols = list(CONCEPTS) + [f"kind_{k}" for k in REJECTED_KINDS]
+    auc = auroc_matrix(stacked[rows], units[label_cols])
+    auc.index.name = "cluster"
+
+    ranked = disc["ranked"].copy()
+    ranked = pd.concat([ranked, match_rows(ranked, disc["data_labels"], auc, pairs_df)], axis=1)
+    prompt_rows = disc["prompt_rows"]
+    prompt_top = prompt_rows.head(50).copy()
+    prompt_top = pd.concat([prompt_top, match_rows(prompt_top, disc["prompt_labels"], auc, pairs_df)], axis=1)
+
+    headline, detail = {}, {}
+    for k in tops:
+        top = ranked.head(k)
+        found = {c: bool(any(c in m.split(",") for m in top["matches"])) for c in RECALL_CONCEPTS}
+        headline[f"recall_top{k}"] = float(np.mean(list(found.values())))
+        headline[f"precision_top{k}"] = float(top["matches_planted"].mean())
+        detail[f"top{k}"] = {
+            "recall_concepts_found": [c for c, f in found.items() if f],
+            "recall_concepts_missed": [c for c, f in found.items() if not f],
+            "n_match_planted": int(top["matches_planted"].sum()),
+            "n_match_intended": int((top["matches_intended"] != "").sum()),
+            "n_match_planted_or_intended": int((top["matches_planted"] | (top["matches_intended"] != "")).sum()),
+            "precision_planted_or_intended": float((top["matches_planted"] | (top["matches_intended"] != "")).mean()),
+            "n_rows": int(len(top)),
+            "recall_strict": float(np.mean([c in set(top["matches_strict"]) for c in RECALL_CONCEPTS])),
+            "precision_strict": float(top["matches_strict"].isin(PLANTED).mean()),
+        }
+
+    # per-concept paired tests on annotator counts (text concepts: the annotators are exact)
+    ann_c = annotate([p["chosen"] for p in pairs], list(CONCEPTS))
+    ann_r = annotate([p["rejected"] for p in pairs], list(CONCEPTS))
+    ann_c.index = ann_r.index = pairs_df["id"]
+    stats = paired_stats(ann_c.astype(float), ann_r.astype(float), n_boot=1000, seed=seed).set_index("concept")
+    headline["controls_min_q"] = float(stats.loc[list(CONTROLS), "q_wilcoxon"].min())
+    lengths_c = annotate([p["chosen"] for p in pairs], ["length"])["length"].to_numpy()
+    lengths_r = annotate([p["rejected"] for p in pairs], ["length"])["length"].to_numpy()
+    present_c = (ann_c > 0).astype(float).assign(length=np.log1p(lengths_c))
+    present_r = (ann_r > 0).astype(float).assign(length=np.log1p(lengths_r))
+    reg = preference_regression(present_c, present_r, covariates=("length",), seed=seed,
+                                progress=False).set_index("concept")
+
+    # per-concept table
+    per_concept = []
+    ranked_rows = ranked.reset_index(drop=True)
+    for c in CONCEPTS:
+        best = int(auc[c].idxmax())
+        matching = auc.index[auc[c] >= AUROC_MATCH].tolist()
+        hit = ranked_rows[ranked_rows["matches"].str.split(",").apply(lambda m: c in m)]
+        row = {"concept": c, "truth_rate": truth_rate(pairs_df, c),
+               "annotator_mean_gap": float(stats.at[c, "mean_gap"]),
+               "annotator_ci_low": float(stats.at[c, "ci_low"]), "annotator_ci_high": float(stats.at[c, "ci_high"]),
+               "annotator_q_wilcoxon": float(stats.at[c, "q_wilcoxon"]),
+               "annotator_q_sign": float(stats.at[c, "q_sign"]),
+               "annotator_d_z": float(stats.at[c, "d_z"]),
+               "bt_coef_heldout_beyond_length": float(reg.at[c, "coef_heldout"]),
+               "bt_p_heldout": float(reg.at[c, "p_heldout"]), "bt_replicated": bool(reg.at[c, "replicated"]),
+               "best_cluster": best, "best_cluster_auroc": float(auc.at[best, c]),
+               "n_matching_clusters": len(matching),
+               "best_global_rank_right_sign": int(hit["rank"].min()) if len(hit) else None}
+        if len(hit):
+            h = hit.iloc[0]
+            row.update(best_row_scope="all pairs" if h["group"] == -1 else f"data cluster {int(h['group'])}",
+                       best_row_effect=float(h["delta"]), best_row_q=float(h["q"]),
+                       best_row_replicated=bool(h["replicated"]))
+        for k in tops:
+            row[f"in_top{k}"] = bool(len(hit) and hit["rank"].min() <= k)
+        p_hit = np.flatnonzero(prompt_top["matches"].str.split(",").apply(lambda m: c in m).to_numpy())
+        row["best_prompt_rank_right_sign"] = int(p_hit[0]) + 1 if len(p_hit) else None  # within the top 50
+        if len(p_hit):
+            h = prompt_top.iloc[p_hit[0]]
+            row.update(best_prompt_row_scope=f"prompt cluster {int(h['group'])}",
+                       best_prompt_row_effect=float(h["delta"]), best_prompt_row_q=float(h["q"]))
+        per_concept.append(row)
+    per_concept = pd.DataFrame(per_concept)
+
+    # the controls in the SAE lens: the ranked rows of the clusters that read them
+    controls_sae = {}
+    for c in CONTROLS:
+        rows_c = ranked[ranked["concept"].isin(auc.index[auc[c] >= AUROC_MATCH])]
+        controls_sae[c] = [{"cluster": int(r["concept"]), "auroc": float(auc.at[int(r["concept"]), c]),
+                            "rank": int(r["rank"]),
+                            "scope": "all pairs" if r["group"] == -1 else f"data cluster {int(r['group'])}",
+                            "effect": float(r["delta"]), "q": float(r["q"]), "replicated": bool(r["replicated"]),
+                            "best_concept": r["best_concept"]} for _, r in rows_c.iterrows()]
+    links = links_on_resource_requests(pairs_df, disc, auc, ranked)
+    return {"headline": headline, "detail": detail, "per_concept": per_concept, "links": links,
+            "controls_sae": controls_sae,
+            "ranked": ranked, "prompt_top": prompt_top, "auroc": auc, "annotator_stats": stats.reset_index()}
+
+
+def links_on_resource_requests(pairs_df: pd.DataFrame, disc: dict, auc: pd.DataFrame, ranked: pd.DataFrame) -> dict:
+    """GROUND TRUTH (url labels, family). The url-matching clusters in the resource prompt
+    clusters (prompt view) against their dataset-wide effect and best global rank."""
+    url_clusters = auc.index[auc["url"] >= AUROC_MATCH].tolist()
+    plabels = disc["prompt_labels"]
+    share = (pd.Series(pairs_df["family"].to_numpy() == "resource").groupby(plabels).mean())
+    share = share[share.index >= 0]
+    resource = share.index[share >= 0.5].tolist() or [int(share.idxmax())]
+    prompt_rows = disc["prompt_rows"].reset_index(drop=True)
+    prompt_rows["rank"] = np.arange(1, len(prompt_rows) + 1)
+    rows = prompt_rows[prompt_rows["concept"].isin(url_clusters) & prompt_rows["group"].isin(resource)]
+    out = {"url_clusters": [int(c) for c in url_clusters],
+           "url_cluster_aurocs": {int(c): float(auc.at[c, "url"]) for c in url_clusters},
+           "best_url_cluster": int(auc["url"].idxmax()), "best_url_auroc": float(auc["url"].max()),
+           "resource_prompt_clusters": {int(g): float(share[g]) for g in resource},
+           "resource_pairs_in_them": int(np.isin(plabels, resource).sum()),
+           "resource_pairs_total": int((pairs_df["family"] == "resource").sum())}
+    if len(rows) == 0:
+        out["finds_links"] = False
+        out["note"] = "no url-matching concept cluster" if not url_clusters else "no prompt row tested"
+        return out
+    best = rows.sort_values("delta", ascending=False).iloc[0]
+    m = int(best["concept"])
+    raw_mean = float(disc["u"][m].mean())
+    cond = disc["global_rows"]
+    cond = cond[(cond["concept"] == m) & cond["consistent"]]
+    best_cond = cond.loc[cond["delta"].abs().idxmax()] if len(cond) else None
+    global_rank = ranked.loc[ranked["concept"] == m, "rank"]
+    out.update({
+        "concept_cluster": m, "prompt_cluster": int(best["group"]), "n_in": int(best["n_in"]),
+        "delta_prompt": float(best["delta"]), "ci_low": float(best["ci_low"]), "ci_high": float(best["ci_high"]),
+        "q_prompt": float(best["q"]), "replicated": bool(best["replicated"]), "direction": best["direction"],
+        "mean_u_in_resource_cluster": float(best["mean_in"]), "rank_in_prompt_view": int(best["rank"]),
+        "global_mean_u": raw_mean,
+        "global_best_data_cluster_delta": float(best_cond["delta"]) if best_cond is not None else None,
+        "global_best_data_cluster_q": float(best_cond["q"]) if best_cond is not None else None,
+        "global_rank": int(global_rank.iloc[0]) if len(global_rank) else None,
+        "n_global_rows": int(len(ranked)),
+    })
+    out["finds_links"] = bool(best["direction"] == "chosen" and best["q"] <= 0.05 and best["replicated"])
+    out["ratio_prompt_to_global"] = (float(best["delta"]) / abs(raw_mean)) if raw_mean else float("inf")
+    out["global_much_weaker"] = bool(abs(raw_mean) * 3 <= float(best["delta"])
+                                      and (out["global_rank"] is None or out["global_rank"] > 20))
+    # the same question for every url-matching cluster: the best global rank any of them reaches
+    url_ranks = ranked.loc[ranked["concept"].isin(url_clusters), "rank"]
+    out["best_global_rank_any_url_cluster"] = int(url_ranks.min()) if len(url_ranks) else None
+    out["definition"] = ("finds_links: the best (resource prompt cluster, url-matching concept cluster) row of "
+                         "the prompt view has direction chosen, q <= 0.05 and replicates; global_much_weaker: "
+                         "its Δ is >= 3x the cluster's dataset-wide mean u and the cluster is not in the global "
+                         "top 20")
+    return out
+
+
+def run_bench(quick: bool = True) -> dict:
+    """``benchmarks/bench_contrast.py`` in a subprocess; its JSON line."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_contrast.py")] + (["--quick"] if quick else [])
+    res = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+# ============================================================================ main
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n-train", type=int, default=None, help="train pairs (default: all 2,270)")
+    ap.add_argument("--features-dir", default=str(ROOT / "results" / "features"),
+                    help="reuse / save PairFeatures here (<split>-n<n|all>-seed<seed>-sae<fingerprint>)")
+    ap.add_argument("--resolution", type=float, default=None, help="Leiden resolution (default: the size rule)")
+    ap.add_argument("--k-data", type=int, default=None, help="data clusters (default round(sqrt(n/2)))")
+    ap.add_argument("--k-prompt", type=int, default=None, help="prompt clusters (default round(sqrt(prompts/2)))")
+    ap.add_argument("--tau", type=float, default=0.01)
+    ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--covariate", choices=("length", "none"), default="length")
+    ap.add_argument("--n-label-pairs", type=int, default=200, help="pairs streamed for labels (0: no labels)")
+    ap.add_argument("--bench-full", action="store_true", help="bench_contrast at full size, not --quick")
+    ap.add_argument("--no-bench", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", default=str(ROOT / "results" / "diagnose"), help="output path without suffix")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from lens_auroc import sae_fingerprint
+
+    from anatomy import load_model, load_sae
+
+    t_all = time.perf_counter()
+    timings = {}
+    sae = load_sae()
+    fp = sae_fingerprint(sae)
+    loaded = {}
+
+    def model_sae():
+        if "model" not in loaded:
+            loaded["model"] = load_model()
+        return loaded["model"], sae
+
+    pairs = sample_pairs("train", args.n_train, args.seed)
+    cache = None
+    if args.features_dir:
+        cache = Path(args.features_dir).expanduser() / f"train-n{args.n_train or 'all'}-seed{args.seed}-sae{fp}"
+    features, seconds, reused = load_or_compute_features(pairs, cache, model_sae=model_sae,
+                                                         progress=not args.no_progress)
+    timings["features"] = seconds
+    how = f"reused from {cache}" if reused else f"computed in {seconds:.0f} s"
+    print(f"train: {len(pairs)} pairs, features {how}", flush=True)
+
+    # ---- discovery: activations and prompt texts only
+    t = time.perf_counter()
+    disc = discover(features, prompt_keys([discovery_view(p) for p in pairs]), resolution=args.resolution,
+                    k_data=args.k_data, k_prompt=args.k_prompt, tau=args.tau, n_boot=args.n_boot,
+                    covariate=args.covariate, seed=args.seed)
+    timings["discover"] = time.perf_counter() - t
+    timings.update({f"discover_{k}": v for k, v in disc["timings"].items()})
+    st = disc["settings"]
+    print(f"discovery: resolution {st['resolution']} -> {st['concept_clusters']['clusters']} concept clusters, "
+          f"{st['prompt_concept_clusters']['clusters']} prompt-concept clusters; k_data {st['k_data']}, "
+          f"k_prompt {st['k_prompt']}; {len(disc['ranked'])} global rows, {len(disc['prompt_rows'])} prompt rows "
+          f"({timings['discover']:.0f} s)", flush=True)
+    labels = None
+    if args.n_label_pairs:
+        t = time.perf_counter()
+        model, _ = model_sae()
+        labels = label_top_clusters(model, sae, pairs, disc, n_pairs=args.n_label_pairs, seed=args.seed)
+        timings["labels"] = time.perf_counter() - t
+
+    # ---- scoring: the ground truth, read only now
+    t = time.perf_counter()
+    scored = score_against_truth(pairs, features, disc, seed=args.seed)
+    timings["score"] = time.perf_counter() - t
+    bench = None
+    if not args.no_bench:
+        t = time.perf_counter()
+        bench = run_bench(quick=not args.bench_full)
+        timings["bench"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t_all
+
+    label_of = dict(zip(labels["cluster"], labels["label"])) if labels is not None else {}
+    top20 = scored["ranked"].head(20)
+    top20 = [{"rank": int(r["rank"]), "concept_cluster": int(r["concept"]),
+              "label": label_of.get(int(r["concept"]), ""),
+              "scope": "all pairs" if r["group"] == -1 else f"data cluster {int(r['group'])}",
+              "direction": r["direction"], "effect": float(r["delta"]), "q": float(r["q"]),
+              "replicated": bool(r["replicated"]), "duplicate_of": int(r["duplicate_of"]),
+              "matches": r["matches"], "matches_intended": r["matches_intended"],
+              "best_concept": r["best_concept"], "best_concept_auroc": float(r["best_concept_auroc"])}
+             for _, r in top20.iterrows()]
+    headline = dict(scored["headline"])
+    headline["bench_ratio"] = bench["ratio"] if bench else None
+    record = {
+        **{k: headline[k] for k in ("recall_top10", "recall_top20", "precision_top10", "precision_top20",
+                                    "controls_min_q", "bench_ratio")},
+        "controls_q": {c: float(scored["annotator_stats"].set_index("concept").at[c, "q_wilcoxon"]) for c in CONTROLS},
+        "controls_in_sae_ranking": scored["controls_sae"],
+        "links_on_resource_requests": scored["links"],
+        "top20_global": top20,
+        "detail": scored["detail"],
+        "bench": bench,
+        "definitions": {
+            "unit": "one response (chosen and rejected of every pair; a response repeated under one prompt "
+                    "counts once)",
+            "match": f"AUROC >= {AUROC_MATCH} of the concept cluster's freq-sum over the response span against "
+                     "the concept's ground-truth presence in that response",
+            "right_sign": "hypothesis direction == sign of the concept's ground-truth rate in the hypothesis' scope "
+                          "(all pairs, or its data cluster)",
+            "recall": f"share of {list(RECALL_CONCEPTS)} matched with the right sign by a top-k global row",
+            "precision (headline)": f"share of top-k global rows matching any of {list(PLANTED)} with the right sign",
+            "intended signal": "response is the rejected side of a pair of rejected_kind k: AUROC >= 0.8 with "
+                               "direction rejected, or <= 0.2 with direction chosen (reported in detail, not in "
+                               "the headline)",
+            "controls_min_q": "min BH q (Wilcoxon) of table and horizontal_rule in paired_stats on annotator counts "
+                              "(chosen vs rejected, 13 concepts)",
+            "global ranking": "rank_hypotheses: dataset-wide paired rows (u adjusted for the length gap) + "
+                              "data-cluster in-vs-out rows, one row per concept cluster, passing rows first",
+            "bench_ratio": "benchmarks/bench_contrast.py " + ("(full)" if args.bench_full else "--quick"),
+        },
+        "settings": {**{k: v for k, v in st.items() if k != "resolution_profile"},
+                     "sae_fingerprint": fp, "features_cache": str(cache) if cache else None,
+                     "features_reused": reused, "threads": torch.get_num_threads(),
+                     "n_label_pairs": args.n_label_pairs},
+        "resolution_profile": st["resolution_profile"],
+        "sizes": {"train_pairs": len(pairs), "prompts": st["n_prompts"]},
+        "per_concept": json.loads(scored["per_concept"].to_json(orient="records")),
+        "timings_seconds": {k: round(v, 1) for k, v in timings.items()},
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(record, indent=1, default=float) + "\n")
+
+    g = scored["ranked"].head(50).assign(view="global")
+    p = scored["prompt_top"].reset_index(drop=True)
+    p = p.assign(view="prompt", rank=np.arange(1, len(p) + 1))
+    cols = ["view", "rank", "group", "n_in", "concept", "label", "direction", "delta", "ci_low", "ci_high", "p", "q",
+            "d", "delta_a", "delta_b", "delta_min", "replicated", "consistent", "test", "matches", "matches_strict",
+            "matches_wrong_sign", "matches_intended", "best_concept", "best_concept_auroc"]
+    table = pd.concat([g, p], ignore_index=True)
+    table["label"] = table["concept"].map(lambda c: label_of.get(int(c), ""))
+    table[cols].to_csv(out.parent / f"{out.name}_hypotheses.csv", index=False, float_format="%.5g")
+
+    with pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_colwidth", 40):
+        shown = ["rank", "group", "concept", "label", "direction", "delta", "q", "replicated", "matches",
+                 "matches_intended", "best_concept", "best_concept_auroc"]
+        print(table[table.view == "global"].head(20)[shown].round(3).to_string(index=False))
+        print(scored["per_concept"][["concept", "truth_rate", "annotator_mean_gap", "annotator_q_wilcoxon",
+                                     "best_cluster", "best_cluster_auroc", "n_matching_clusters",
+                                     "best_global_rank_right_sign"]].round(3).to_string(index=False))
+    print(json.dumps({k: record[k] for k in ("recall_top10", "recall_top20", "precision_top10", "precision_top20",
+                                             "controls_min_q", "bench_ratio")}))
+    print(json.dumps(record["links_on_resource_requests"], default=float))
+    return record
+
+
+if __name__ == "__main__":
+    main()
