@@ -64,6 +64,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .cache import _pair_fields
 from .models import format_pair
 
 Hook = tuple[str, Callable]
@@ -218,17 +219,6 @@ def _n_ctx(bridge, hf) -> int | None:
     if bridge is not None and getattr(bridge.cfg, "n_ctx", None):
         return int(bridge.cfg.n_ctx)
     return getattr(hf.config.get_text_config(), "max_position_embeddings", None)
-
-
-def _pair_fields(pair, index: int) -> tuple[str, list[dict], str, str]:
-    pid = str(pair.get("id", index))
-    for name in ("prompt", "chosen", "rejected"):
-        if pair.get(name) is None:
-            raise ValueError(f"pair {pid!r} field {name!r}: missing field")
-    prompt = pair["prompt"]
-    if isinstance(prompt, str):
-        prompt = [{"role": "user", "content": prompt}]
-    return pid, list(prompt), pair["chosen"], pair["rejected"]
 
 
 def _encode(tokenizer, pairs, n_ctx: int | None) -> tuple[list[str], list[tuple[_Seq, _Seq]]]:
