@@ -25,7 +25,7 @@ def demo(n_pairs: int = 6) -> None:
     import torch
 
     from . import cache_pairs, load_model, load_preferences
-    from .models import format_prompt
+    from .models import format_prompt, generation_model
 
     t = time.perf_counter()
     model = load_model()
@@ -33,7 +33,7 @@ def demo(n_pairs: int = 6) -> None:
           f"in {time.perf_counter() - t:.1f} s")
     prompt = [{"role": "user", "content": "In one sentence, what is a preference dataset?"}]
     ids = torch.tensor([format_prompt(model.tokenizer, prompt)])
-    out = model.original_model.generate(ids, max_new_tokens=48, do_sample=False)
+    out = generation_model(model).generate(ids, max_new_tokens=48, do_sample=False)
     print("\nQ:", prompt[0]["content"])
     print("A:", model.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
     try:

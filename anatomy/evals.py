@@ -41,7 +41,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .cache import _forward_sequences
-from .models import format_pair, format_prompt
+from .models import format_pair, format_prompt, generation_model
 
 __all__ = ["annotator_scorer", "direction_scorer", "distinct_n", "measure", "repetition_rate",
            "rollouts", "sae_scorer"]
@@ -153,8 +153,9 @@ def rollouts(
 ) -> pd.DataFrame:
     """Sample ``n_samples`` responses per prompt from the policy, reproducibly.
 
-    Sampling runs ``generate`` on the Hugging Face model (``model.original_model``
-    under a bridge; a plain HF model is used as is), left-padded, in batches of
+    Sampling runs ``generate`` on the Hugging Face model (under a bridge, a plain
+    twin sharing its weights, ``models.generation_model``, since the bridge's
+    components ignore the KV cache; a plain HF model is used as is), left-padded, in batches of
     ``batch_size`` rows sorted by prompt length, in eval mode (the model's mode is
     restored afterwards). Plain temperature sampling over the full vocabulary (no
     top-k / top-p); ``temperature=0`` is greedy decoding.
@@ -215,6 +216,7 @@ def rollouts(
     rows = [(p, s) for p in range(len(records)) for s in range(n_samples)]
     order = sorted(range(len(rows)), key=lambda r: -len(encoded[rows[r][0]]))  # stable: longest first
     texts, n_tokens, finished = [""] * len(rows), [0] * len(rows), [False] * len(rows)
+    gen_model = generation_model(model)
     was_training = hf.training
     hf.eval()
     bar = tqdm(total=len(rows), desc="rollouts", disable=not progress)
@@ -230,7 +232,7 @@ def rollouts(
                 gens = [torch.Generator(device=device).manual_seed(_row_seed(seed, records[p][0], s))
                         for p, s in (rows[r] for r in batch)]
                 kw["logits_processor"] = LogitsProcessorList([_row_sampler(gens, temperature)])
-            out = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+            out = gen_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                               do_sample=False, pad_token_id=pad, top_p=None, top_k=None,
                               temperature=None, **kw)
             for j, r in enumerate(batch):

@@ -224,3 +224,59 @@ def format_prompt(tokenizer, prompt_messages: list[dict]) -> list[int]:
     """Token ids of the prompt with the assistant header appended (for generation)."""
     text = tokenizer.apply_chat_template(prompt_messages, tokenize=False, add_generation_prompt=True)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _unwrapped(module):
+    """A bridge component's wrapped Hugging Face module (the module itself when not wrapped)."""
+    for attr in ("_original_component", "original_component"):
+        inner = getattr(module, attr, None)
+        if isinstance(inner, torch.nn.Module):
+            return inner
+    return module
+
+
+def generation_model(model):
+    """A plain Hugging Face model for ``generate``, sharing ``model``'s weights.
+
+    ``TransformerBridge`` swaps the Hugging Face submodules for hooked bridge
+    components. Under transformers 5.x their attention does not read the KV cache
+    in ``generate``: greedy output degenerates after the first token (e.g.
+    ``'The-----…'``), while ``use_cache=False`` is right but recomputes the whole
+    sequence at every step. This rebuilds the plain architecture from the config
+    (on the meta device, so no memory is allocated) and points every parameter,
+    buffer and tensor attribute at the bridge's own objects. Nothing is copied, so
+    in-place updates (``train_dpo``, ``load_train_run``) show in both.
+
+    Args:
+        model: a ``TransformerBridge`` (``load_model``) or a Hugging Face causal LM
+            (returned as is).
+
+    Returns:
+        A Hugging Face causal LM in eval mode, with no hooks.
+    """
+    hf = getattr(model, "original_model", None)
+    if hf is None:
+        return model
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(hf.config)
+    for name, mod in plain.named_modules():
+        twin = hf
+        for part in name.split(".") if name else []:
+            twin = getattr(_unwrapped(twin), part)
+        twin = _unwrapped(twin)
+        for key in list(mod._parameters):
+            if mod._parameters[key] is not None:
+                mod._parameters[key] = twin._parameters[key]
+        for key in list(mod._buffers):
+            if mod._buffers[key] is not None:
+                mod._buffers[key] = twin._buffers[key]
+        for key, value in list(vars(mod).items()):  # plain tensor attributes, e.g. rotary original_inv_freq
+            if isinstance(value, torch.Tensor) and value.is_meta:
+                setattr(mod, key, getattr(twin, key))
+    left = [n for n, t in list(plain.named_parameters()) + list(plain.named_buffers()) if t.is_meta]
+    if left:
+        raise RuntimeError(f"generation_model: {left[:5]} have no counterpart in the bridge's model")
+    plain.generation_config = hf.generation_config
+    return plain.eval()

@@ -32,7 +32,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .cache import _forward_sequences, stream_pair_activations
-from .models import format_pair, format_prompt
+from .models import format_pair, format_prompt, generation_model
 
 Reduce = Literal["max", "mean"] | None
 
@@ -283,7 +283,7 @@ def refusal_direction(
 
 @torch.no_grad()
 def _generate(model, message_lists, *, max_new_tokens, batch_size, do_sample, temperature, seed) -> list[str]:
-    tok, hf = model.tokenizer, model.original_model
+    tok, hf = model.tokenizer, generation_model(model)  # the bridge's components ignore the KV cache
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     device = next(hf.parameters()).device
     texts = []
@@ -308,7 +308,7 @@ def contrastive_prompt_direction(
 ) -> tuple[Direction, pd.DataFrame]:
     """A persona-vector style trait direction from contrastive system prompts.
 
-    Each prompt is answered twice with ``model.original_model.generate`` (greedy,
+    Each prompt is answered twice with ``generate`` (``models.generation_model``) (greedy,
     or sampling seeded by ``seed`` when ``do_sample``), under the trait system
     prompt and under the opposite one, in shared left-padded batches of
     ``batch_size``. Each response is then re-read after the user turn alone (system

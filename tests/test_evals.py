@@ -70,7 +70,9 @@ def test_rollouts_reproducible_and_independent_of_batch_size_and_prompt_set(mode
 
 
 def test_rollouts_on_plain_hf_model_and_greedy(model, rolled):
-    hf = model.original_model
+    from anatomy.models import generation_model
+
+    hf = generation_model(model)  # a plain Hugging Face model (the bridge's own is rewired by TransformerLens)
     hf.train()
     try:
         plain = rollouts(hf, PROMPTS[:1], tokenizer=model.tokenizer, n_samples=2, max_new_tokens=NEW, seed=3,
@@ -84,6 +86,41 @@ def test_rollouts_on_plain_hf_model_and_greedy(model, rolled):
                       batch_size=2, progress=False)
     assert greedy["prompt_id"].tolist() == ["0", "0"]  # message lists: ids are positions
     assert greedy["response"][0] == greedy["response"][1]
+
+
+def test_greedy_rollouts_equal_a_decode_without_kv_cache(model):
+    """Regression: under transformers 5.x, `generate` on the bridge's rewired model ignored the KV
+    cache and produced 'The-----...' after the first token. Rollouts (KV cache) must equal a greedy
+    decode that re-runs the bridge on the whole sequence at every step."""
+    from anatomy.models import format_prompt
+
+    new = 12
+    greedy = rollouts(model, PROMPTS[:2], n_samples=1, max_new_tokens=new, temperature=0, batch_size=1,
+                      progress=False)
+    eos = model.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    for response, p in zip(greedy["response"], PROMPTS[:2]):
+        ids = torch.tensor([format_prompt(model.tokenizer, p["prompt"])])
+        start = ids.shape[1]
+        with torch.no_grad():
+            for _ in range(new):
+                nxt = model(ids)[0, -1].argmax()
+                if int(nxt) == eos:
+                    break
+                ids = torch.cat([ids, nxt.view(1, 1)], dim=1)
+        expected = model.tokenizer.decode(ids[0, start:], skip_special_tokens=True)
+        assert response == expected
+        assert "---" not in response
+
+
+def test_generation_model_shares_the_bridge_weights(model):
+    from anatomy.models import generation_model
+
+    plain = generation_model(model)
+    hf = model.original_model
+    assert all(any(p is q for q in hf.parameters()) for p in plain.parameters())
+    assert plain.lm_head.weight is plain.model.embed_tokens.weight  # tied, as in the bridge
+    assert not any(t.is_meta for t in list(plain.parameters()) + list(plain.buffers()))
+    assert generation_model(hf) is hf  # a plain model is returned as is
 
 
 def test_rollouts_bad_input_is_a_clear_error():
