@@ -153,11 +153,11 @@ def rollouts(
 ) -> pd.DataFrame:
     """Sample ``n_samples`` responses per prompt from the policy, reproducibly.
 
-    Sampling runs ``generate`` on the Hugging Face model (under a bridge, a plain
-    twin sharing its weights, ``models.generation_model``, since the bridge's
-    components ignore the KV cache; a plain HF model is used as is), left-padded, in batches of
-    ``batch_size`` rows sorted by prompt length, in eval mode (the model's mode is
-    restored afterwards). Plain temperature sampling over the full vocabulary (no
+    Sampling runs ``generate`` on a plain Hugging Face model: under a bridge, its
+    twin that shares the weights (``models.generation_model``: the bridge's
+    components ignore the KV cache); a plain HF model as is. Left-padded, in
+    batches of ``batch_size`` rows sorted by prompt length, in eval mode (the
+    model's mode is restored afterwards). Plain temperature sampling over the full vocabulary (no
     top-k / top-p); ``temperature=0`` is greedy decoding.
 
     Reproducibility: every row (prompt, sample) draws from its own

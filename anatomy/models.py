@@ -262,19 +262,21 @@ def generation_model(model):
     with torch.device("meta"):
         plain = AutoModelForCausalLM.from_config(hf.config)
     for name, mod in plain.named_modules():
-        twin = hf
-        for part in name.split(".") if name else []:
-            twin = getattr(_unwrapped(twin), part)
-        twin = _unwrapped(twin)
-        for key in list(mod._parameters):
-            if mod._parameters[key] is not None:
+        try:
+            twin = hf
+            for part in name.split(".") if name else []:
+                twin = getattr(_unwrapped(twin), part)
+            twin = _unwrapped(twin)
+            for key in [k for k, v in mod._parameters.items() if v is not None]:
                 mod._parameters[key] = twin._parameters[key]
-        for key in list(mod._buffers):
-            if mod._buffers[key] is not None:
+            for key in [k for k, v in mod._buffers.items() if v is not None]:
                 mod._buffers[key] = twin._buffers[key]
-        for key, value in list(vars(mod).items()):  # plain tensor attributes, e.g. rotary original_inv_freq
-            if isinstance(value, torch.Tensor) and value.is_meta:
-                setattr(mod, key, getattr(twin, key))
+            for key, value in list(vars(mod).items()):  # plain tensor attributes, e.g. rotary original_inv_freq
+                if isinstance(value, torch.Tensor) and value.is_meta:
+                    setattr(mod, key, getattr(twin, key))
+        except (AttributeError, KeyError) as err:
+            raise RuntimeError(f"generation_model: module {name!r} of {type(plain).__name__} has no counterpart "
+                               f"in the bridge's model ({err})") from err
     left = [n for n, t in list(plain.named_parameters()) + list(plain.named_buffers()) if t.is_meta]
     if left:
         raise RuntimeError(f"generation_model: {left[:5]} have no counterpart in the bridge's model")

@@ -308,7 +308,7 @@ def contrastive_prompt_direction(
 ) -> tuple[Direction, pd.DataFrame]:
     """A persona-vector style trait direction from contrastive system prompts.
 
-    Each prompt is answered twice with ``generate`` (``models.generation_model``) (greedy,
+    Each prompt is answered twice by ``models.generation_model(model).generate`` (greedy,
     or sampling seeded by ``seed`` when ``do_sample``), under the trait system
     prompt and under the opposite one, in shared left-padded batches of
     ``batch_size``. Each response is then re-read after the user turn alone (system
