@@ -4,7 +4,8 @@ Stages (one module each): ``models`` (load the model, format pairs), ``data``
 (load and validate preference pairs), ``cache`` (pooled / streamed activations),
 ``concepts`` (text-level concept annotators), ``organism`` (the embedded dataset),
 ``probes`` (difference-of-means directions and linear probes), ``saes`` (the SAE
-lens: training, per-span feature summaries, concept clusters, offline labels),
+lens: load, train, measure), ``features`` (per-span feature summaries, concept
+clusters, offline labels),
 ``contrast`` (paired statistics of chosen vs rejected concept scores), ``hypotheses``
 (the global and prompt-conditioned views, ranked), ``train`` (shaped DPO), ``evals``
 (rollouts and their scores), ``predict`` (predicted vs observed shift), ``viz``.
@@ -33,8 +34,9 @@ _EXPORTS = {
     "probes": ["Direction", "Probe", "contrastive_prompt_direction", "diff_of_means", "direction_from_labels",
                "evaluate_direction", "fit_probe", "heldout_auroc", "last_token_activations", "project",
                "project_spans", "refusal_direction"],
-    "saes": ["PairFeatures", "cluster_features", "cluster_scores", "feature_summaries", "label_clusters",
-             "label_features", "load_sae", "sae_metrics", "train_sae"],
+    "saes": ["collect_activations", "load_sae", "sae_metrics", "train_sae"],
+    "features": ["PairFeatures", "cluster_features", "cluster_scores", "feature_summaries", "label_clusters",
+                 "label_features"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)

@@ -1,8 +1,8 @@
 """Stage 3b, hypotheses: which concepts separate chosen from rejected, globally and conditioned on the prompt.
 
-Takes the SAE lens's per-span summaries (`anatomy.saes.PairFeatures`: per pair and span,
+Takes the SAE lens's per-span summaries (`anatomy.features.PairFeatures`: per pair and span,
 each feature's firing frequency, ``csr_matrix[n_pairs, d_sae]``) and its concept clusters
-(`anatomy.saes.cluster_features`: a DataFrame with columns ``feature``, ``cluster``, -1 =
+(`anatomy.features.cluster_features`: a DataFrame with columns ``feature``, ``cluster``, -1 =
 unclustered); returns pandas DataFrames of tested hypotheses and HTML of example pairs.
 METHOD.md §3.4 (global view) and §3.5 (prompt-conditioned view) are the spec.
 
@@ -52,7 +52,7 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
 from .contrast import paired_stats
-from .saes import PairFeatures, cluster_scores
+from .features import PairFeatures, cluster_scores
 
 __all__ = [
     "data_clusters",
@@ -83,11 +83,11 @@ _CI = 0.95
 def _membership(clusters: pd.DataFrame, d_sae: int) -> tuple[sp.csr_matrix, np.ndarray]:
     """(d_sae, n_clusters) 0/1 membership of features in clusters, and the cluster sizes.
 
-    Columns follow `anatomy.saes.cluster_scores`: cluster ids 0 .. max; -1 rows are dropped.
+    Columns follow `anatomy.features.cluster_scores`: cluster ids 0 .. max; -1 rows are dropped.
     """
     if not isinstance(clusters, pd.DataFrame) or not {"feature", "cluster"} <= set(clusters.columns):
         raise ValueError("`clusters` must be a DataFrame with columns 'feature' and 'cluster' "
-                         "(anatomy.saes.cluster_features)")
+                         "(anatomy.features.cluster_features)")
     member = clusters[clusters["cluster"] >= 0]
     feat = member["feature"].to_numpy(dtype=np.int64)
     if len(feat) and (feat.min() < 0 or feat.max() >= d_sae):
@@ -143,7 +143,7 @@ def symmetric_activity(features: PairFeatures, clusters: pd.DataFrame) -> pd.Dat
     """METHOD §3.4's symmetric activity ``s_im = Σ_{g∈T_m} (freq_chosen_g + freq_rejected_g)``.
 
     Returns a DataFrame [n_pairs, n_clusters], index the pair ids, columns the cluster ids
-    (`anatomy.saes.cluster_scores` with stat="freq" over both response spans). Symmetric in
+    (`anatomy.features.cluster_scores` with stat="freq" over both response spans). Symmetric in
     chosen and rejected, so clustering pairs on it cannot favour either side.
     """
     _features_spans(features, ("chosen", "rejected"))
@@ -674,7 +674,7 @@ def hypotheses_table(u: pd.DataFrame, global_rows: pd.DataFrame | None = None,
     the first ``top`` rows of each are kept, all with top=None). data_labels / prompt_labels:
     the group labels the rows were computed with (needed for rows whose group is not -1).
     concept_labels: cluster id -> label, as a mapping or a DataFrame with columns cluster,
-    label (`anatomy.saes.label_clusters`); labels are for reading only.
+    label (`anatomy.features.label_clusters`); labels are for reading only.
 
     Columns (TABLE_COLUMNS): view ("global" / "prompt"), rank (within the view), scope
     ("all pairs", "data cluster k", "prompt cluster k"), group (-1 = all pairs), concept,

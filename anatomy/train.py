@@ -155,6 +155,10 @@ class TrainConfig:
             raise ValueError(f"unknown TrainConfig fields: {unknown}")
         return cls(**d)
 
+    def steps_per_epoch(self, n_pairs: int) -> int:
+        """Optimizer steps in one epoch over ``n_pairs`` pairs (an epoch's last batch may be short)."""
+        return math.ceil(math.ceil(n_pairs / self.batch_size) / self.grad_accum)
+
     def train_kwargs(self) -> dict:
         """The knobs, as keyword arguments of ``train_dpo`` (to rerun a saved config)."""
         keep = ("beta", "lr", "epochs", "batch_size", "grad_accum", "seed", "max_grad_norm", "weight_decay",
@@ -973,7 +977,7 @@ def _train_loop(hf, bridge, seqs, ref, off_t, w_t, params, hooks, cfg, pad_id, d
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     warm = cfg.warmup_steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
-    steps_per_epoch = math.ceil(math.ceil(n / cfg.batch_size) / cfg.grad_accum)
+    steps_per_epoch = cfg.steps_per_epoch(n)
     history: list[dict] = []
     bar = tqdm(total=steps_per_epoch * cfg.epochs, desc="train_dpo", disable=not progress)
     try:

@@ -37,7 +37,7 @@ def feature_browser(features, labels, *, stat: str = "max"):
     """An inline app: pick a feature or cluster, see its label, top examples and chosen-vs-rejected histogram.
 
     Args:
-        features: ``PairFeatures`` (``anatomy.saes.feature_summaries``).
+        features: ``PairFeatures`` (``anatomy.features.feature_summaries``).
         labels: a ``label_features`` or ``label_clusters`` DataFrame (one row per
             feature / cluster, with ``label`` and ``snippets``; cluster rows list
             their member ``features``).

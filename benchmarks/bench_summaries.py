@@ -30,7 +30,8 @@ def child(n: int) -> None:
     import torch
 
     from anatomy import load_model, load_preferences
-    from anatomy.saes import feature_summaries, load_sae
+    from anatomy.features import feature_summaries
+    from anatomy.saes import load_sae
 
     torch.set_num_threads(1)  # fastest on a CPU shared with other jobs
     model = load_model()

@@ -112,7 +112,8 @@ def encode_split(model, sae, pairs: list[dict], *, progress: bool = True):
         (span in chosen / rejected); ``features`` as ``feature_summaries`` returns it.
     """
     from anatomy.cache import SPANS, stream_pair_activations
-    from anatomy.saes import PairFeatures, sae_hook, span_summary
+    from anatomy.features import PairFeatures, span_summary
+    from anatomy.saes import sae_hook, typical_tokens
 
     hook = sae_hook(sae)
     d_sae = sae.cfg.d_sae
@@ -127,6 +128,7 @@ def encode_split(model, sae, pairs: list[dict], *, progress: bool = True):
             if s != "prompt":
                 pooled[(s, "mean")].append(x.mean(0))
                 pooled[(s, "max")].append(x.max(0).values)
+            x = x[typical_tokens(sae, x)]  # as feature_summaries: no attention-sink token
             z = sae.encode(x) if len(x) else x.new_zeros(0, d_sae)
             idx, vmax, vfreq = span_summary(z)
             for stat, v in (("max", vmax), ("freq", vfreq)):
@@ -156,7 +158,7 @@ def sae_fingerprint(sae) -> str:
 
 def load_or_encode(model, sae, pairs: list[dict], cache: Path | None, *, progress: bool):
     """``encode_split``, saved to / reused from ``cache`` (``PairFeatures.save`` + ``pooled.pt``)."""
-    from anatomy.saes import PairFeatures
+    from anatomy.features import PairFeatures
 
     if cache is not None and (cache / "pooled.pt").exists() and (cache / "features.json").exists():
         feats = PairFeatures.load(cache)

@@ -127,7 +127,7 @@ def prompt_keys(pairs: list[dict]) -> list[str]:
 def load_or_compute_features(pairs: list[dict], cache: Path | None, *, model_sae, progress: bool):
     """`PairFeatures` of ``pairs``: reused from ``cache`` when it holds exactly these ids, else
     computed with `feature_summaries` and saved there. Returns (features, seconds, reused)."""
-    from anatomy.saes import PairFeatures, feature_summaries
+    from anatomy.features import PairFeatures, feature_summaries
 
     ids = [p["id"] for p in pairs]
     if cache is not None and (cache / "features.json").exists():

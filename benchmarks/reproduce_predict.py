@@ -111,8 +111,9 @@ def main(argv=None) -> dict:
     from anatomy.models import load_model
     from anatomy.predict import compare, observed_shift, predict_shift, predict_shift_from_features
     from anatomy.probes import direction_from_labels
-    from anatomy.saes import cluster_features, cluster_scores, feature_summaries, load_sae
-    from anatomy.train import load_train_run, preference_margins, train_dpo
+    from anatomy.features import cluster_features, cluster_scores, feature_summaries
+    from anatomy.saes import load_sae
+    from anatomy.train import TrainConfig, load_train_run, preference_margins, train_dpo
     from anatomy.viz import save_figure
 
     def tick(name: str, t0: float) -> None:
@@ -268,7 +269,7 @@ def main(argv=None) -> dict:
 
     # ---- 3. train at each learning rate; 4. roll out after every epoch (the dose-response)
     doses, ref_logps, headline, trainings = [], None, None, {}
-    steps_per_epoch = -(-args.n_train // args.batch_size)
+    steps_per_epoch = TrainConfig(batch_size=args.batch_size).steps_per_epoch(len(pairs))  # as train_dpo counts
     for i_lr, lr in enumerate(args.lr):
         if i_lr:  # a fresh pre-DPO policy for every learning rate
             policy = load_model()

@@ -28,3 +28,12 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip(f"real data slices not found at {SHARED_DATA} (../shared/data); skipping")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def sae():
+    from anatomy.saes import load_sae, shipped_saes
+
+    if not shipped_saes():
+        pytest.skip("no SAE shipped under anatomy/assets")
+    return load_sae()

@@ -188,17 +188,8 @@ def test_direction_scorer_matches_project_spans(model):
         direction_scorer(model, [Direction("x", None, vecs[0], "t", 0.5, 0.5, 0, 0)])
 
 
-@pytest.fixture(scope="module")
-def sae():
-    from anatomy.saes import load_sae, shipped_saes
-
-    if not shipped_saes():
-        pytest.skip("no SAE shipped under anatomy/assets")
-    return load_sae()
-
-
 def test_sae_scorer_equals_cluster_scores_of_the_same_text(model, sae):
-    from anatomy.saes import cluster_scores, feature_summaries
+    from anatomy.features import cluster_scores, feature_summaries
 
     frame = _frame(TEXTS)
     pairs = [{"id": str(i), "prompt": p, "chosen": r, "rejected": r}

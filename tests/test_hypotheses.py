@@ -14,7 +14,7 @@ from scipy import stats
 from sklearn.metrics import adjusted_rand_score
 
 from anatomy import hypotheses as hy
-from anatomy.saes import PairFeatures
+from anatomy.features import PairFeatures
 
 
 def make_features(freq: dict[str, np.ndarray], ids=None) -> PairFeatures:

@@ -6,7 +6,7 @@ import pytest
 import scipy.sparse as sp
 
 from anatomy.predict import compare, observed_shift, predict_shift, predict_shift_from_features
-from anatomy.saes import PairFeatures
+from anatomy.features import PairFeatures
 
 # ----------------------------------------------------------------------------- predict_shift
 

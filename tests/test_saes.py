@@ -1,49 +1,21 @@
-"""saes: the shipped SAE meets its spec, summaries are exact, clustering recovers planted groups."""
+"""saes: the shipped SAE meets its spec; the sparse training step equals SAELens's."""
 
 import numpy as np
-import pandas as pd
 import pytest
-import scipy.sparse as sp
 import torch
 
 from anatomy.saes import (
     ASSETS,
     CFG_FILE,
     WEIGHTS_FILE,
-    PairFeatures,
     _batchtopk_step,
     _training_cfg,
-    cluster_features,
-    cluster_scores,
-    feature_summaries,
-    label_features,
-    load_sae,
-    nmi_matrix,
     sae_metrics,
     shipped_saes,
-    span_summary,
 )
 
 SPEC_EXPLAINED_VARIANCE = 0.85
 SPEC_DEAD_FRACTION = 0.10
-
-
-def _pairs():
-    texts = [
-        ("What is 2+2?", "It is 4.", "Five, clearly, and here is a much longer wrong answer."),
-        ("Name a colour.", "**Blue** is a lovely colour!", "\nRed"),
-        ("Give me two tips for sleep.", "- Keep a schedule\n- Avoid screens late", "Sleep is good."),
-        ("Capital of France?", "Paris. See https://en.wikipedia.org/wiki/Paris", "I cannot help with that."),
-    ]
-    return [{"id": f"p{i}", "prompt": [{"role": "user", "content": q}], "chosen": c, "rejected": r}
-            for i, (q, c, r) in enumerate(texts)]
-
-
-@pytest.fixture(scope="module")
-def sae():
-    if not shipped_saes():
-        pytest.skip("no SAE shipped under anatomy/assets")
-    return load_sae()
 
 
 # ----------------------------------------------------------------------------- the shipped SAE
@@ -56,7 +28,7 @@ def test_shipped_sae_loads_with_hook_and_small_file(sae):
     path = ASSETS / shipped_saes()[0]
     layer = int(path.name.split("-L")[1].split("-")[0])
     assert sae.cfg.metadata.hook_name == f"blocks.{layer}.hook_resid_post"
-    assert sae.cfg.d_in == 576 and sae.cfg.d_sae == 8 * 576
+    assert sae.cfg.d_in == 576 and 8 <= sae.cfg.d_sae / sae.cfg.d_in <= 16  # the spec's 8-16x expansion
     assert (path / WEIGHTS_FILE).stat().st_size <= 15 * 2**20
     from safetensors import safe_open
 
@@ -90,16 +62,16 @@ def test_shipped_sae_metrics_on_heldout_responses(sae, heldout_tokens):
     print(f"\nheld-out response tokens: {m['n_tokens']}, explained variance {m['explained_variance']:.4f}, "
           f"L0 {m['l0']}, dead on this sample {m['dead_fraction']:.3f}, "
           f"dead on the training tokens {sae.cfg.metadata['metrics']['train_dead_fraction']:.4f}")
-    assert m["l0"] == sae.cfg.k  # TopK inference: exactly k latents per token
-    z = sae.encode(heldout_tokens[:256])
-    assert torch.equal((z > 0).sum(-1), torch.full((len(z),), sae.cfg.k))
+    # TopK inference: each token keeps its k largest pre-activations, then ReLU; a token whose k-th largest
+    # pre-activation is not positive has fewer than k active latents (5 of ~2,500 tokens here)
+    z = sae.encode(heldout_tokens)
+    pre = heldout_tokens @ sae.W_enc + sae.b_enc - sae.b_dec @ sae.W_enc
+    n_pos = (pre > 0).sum(-1).clamp(max=sae.cfg.k)
+    assert torch.equal((z > 0).sum(-1), n_pos)
+    assert round(m["l0"]) == sae.cfg.k
     assert sae.cfg.metadata["metrics"]["train_dead_fraction"] <= SPEC_DEAD_FRACTION
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known shortfall, issue 4: the shipped SAE (258,660 training tokens from all 2,270 train pairs, 6 epochs) "
-    "explains 0.856 of the variance on response tokens of train-split prompts it never saw, but 0.833 on 200 "
-    "organism-heldout pairs (0.839 on these 20), below the 0.85 target; strict, so a better SAE flips it"))
 def test_shipped_sae_meets_explained_variance_target(sae, heldout_tokens):
     assert sae_metrics(sae, heldout_tokens)["explained_variance"] >= SPEC_EXPLAINED_VARIANCE
 
@@ -130,131 +102,3 @@ def test_sparse_training_step_equals_saelens_forward():
     assert float(a.topk_threshold) == pytest.approx(float(b.topk_threshold))
     for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
         torch.testing.assert_close(pa.grad, pb.grad, atol=1e-6, rtol=1e-5, msg=name)
-
-
-# ----------------------------------------------------------------------------- summaries
-
-
-@torch.no_grad()
-def _direct_summaries(model, sae, pairs):
-    """Per sequence, one unbatched run_with_cache; encode; max / share of tokens per span."""
-    from anatomy.models import format_pair
-
-    hook = sae.cfg.metadata.hook_name
-    out = {}
-    for pair in pairs:
-        for side in ("chosen", "rejected"):
-            enc = format_pair(model.tokenizer, pair["prompt"], pair[side])
-            layer = int(hook.split(".")[1])
-            _, cache = model.run_with_cache(torch.tensor([enc["input_ids"]]), names_filter=lambda n: n == hook,
-                                            stop_at_layer=layer + 1)
-            acts = cache[hook][0]
-            spans = [(side, enc["response_mask"])] + ([("prompt", enc["prompt_mask"])] if side == "chosen" else [])
-            for span, mask in spans:
-                z = sae.encode(acts[torch.tensor(mask)])
-                out[(pair["id"], span)] = (z.max(0).values.clamp(min=0), (z > 0).float().mean(0), len(z))
-    return out
-
-
-@pytest.fixture(scope="module")
-def feats4(model, sae):
-    # batch_tokens=1: every sequence is its own batch, as in the reference -> exact equality
-    return feature_summaries(model, sae, _pairs(), batch_tokens=1, progress=False)
-
-
-def test_feature_summaries_equal_direct_computation(model, sae, feats4, tmp_path):
-    pairs = _pairs()
-    ref = _direct_summaries(model, sae, pairs)
-    feats = feats4
-    assert feats.ids == [p["id"] for p in pairs]
-    for span in ("prompt", "chosen", "rejected"):
-        assert feats.max[span].shape == (4, sae.cfg.d_sae)
-        for i, p in enumerate(pairs):
-            vmax, vfreq, n = ref[(p["id"], span)]
-            assert feats.n_tokens[span][i] == n
-            assert np.array_equal(feats.max[span][i].toarray().ravel(), vmax.numpy())
-            np.testing.assert_allclose(feats.freq[span][i].toarray().ravel(), vfreq.numpy(), rtol=1e-6, atol=0)
-    # batched with padding: same up to float noise
-    batched = feature_summaries(model, sae, pairs, progress=False)
-    for span in ("prompt", "chosen", "rejected"):
-        np.testing.assert_allclose(batched.max[span].toarray(), feats.max[span].toarray(), atol=2e-3)
-    # save / load round trip
-    feats.save(tmp_path / "f")
-    again = PairFeatures.load(tmp_path / "f")
-    assert again.ids == feats.ids and again.hook == feats.hook
-    for span in ("prompt", "chosen", "rejected"):
-        assert (again.max[span] != feats.max[span]).nnz == 0
-        assert (again.freq[span] != feats.freq[span]).nnz == 0
-        assert np.array_equal(again.n_tokens[span], feats.n_tokens[span])
-
-
-def test_span_summary_of_empty_span():
-    idx, vmax, vfreq = span_summary(torch.zeros(0, 8))
-    assert len(idx) == len(vmax) == len(vfreq) == 0
-
-
-def test_label_features_returns_snippets(model, sae, feats4):
-    pairs = _pairs()[:2]
-    top = np.asarray(feats4.freq["chosen"][:2].sum(0)).ravel().argsort()[::-1][:3]
-    df = label_features(model, sae, pairs, top, top_k=2, window=2, progress=False)
-    assert list(df["feature"]) == [int(f) for f in top]
-    assert all(isinstance(x, str) and x for x in df["label"])
-    sn = df["snippets"].iloc[0][0]
-    assert len(sn["tokens"]) == len(sn["acts"]) and sn["acts"][sn["argmax"]] == pytest.approx(sn["max"], abs=1e-3)
-    seen = []
-    df2 = label_features(model, sae, pairs, top[:1], top_k=2, labeler=lambda p: seen.append(p) or "my label",
-                         progress=False)
-    assert df2["label"].iloc[0] == "my label" and "[[" in seen[0]
-
-
-# ----------------------------------------------------------------------------- clusters
-
-
-def _planted(n_pairs=400, d_sae=64, groups=((0, 1, 2, 3, 4), (10, 11, 12, 13), (20, 21, 22, 23, 24, 25)), seed=0):
-    """Synthetic PairFeatures: each group fires together (on a random 20% of pair-spans, each member
-    with prob 0.9 then), other features fire independently at random."""
-    rng = np.random.default_rng(seed)
-    mats = {}
-    for span in ("prompt", "chosen", "rejected"):
-        f = (rng.random((n_pairs, d_sae)) < 0.1) * rng.random((n_pairs, d_sae))
-        for g in groups:
-            on = rng.random(n_pairs) < 0.2
-            for j in g:
-                f[:, j] = np.where(on & (rng.random(n_pairs) < 0.9), rng.random(n_pairs) * 0.5 + 0.1, 0.0)
-        mats[span] = sp.csr_matrix(f)
-    ids = [f"p{i}" for i in range(n_pairs)]
-    n = {s: np.full(n_pairs, 10) for s in mats}
-    return PairFeatures(ids, {s: m.copy() for s, m in mats.items()}, mats, n, None, d_sae), groups
-
-
-def test_cluster_features_recovers_planted_groups():
-    feats, groups = _planted()
-    df = cluster_features(feats, top_percentile=98.5, min_size=4, min_fires=5, seed=0)
-    assert len(df) == 64 and set(df.columns) >= {"feature", "cluster", "n_fires", "cluster_size"}
-    # 31 planted edges of 64 * 63 / 2 = 2016 feature pairs: the top 1.5% are the planted ones
-    found = [set(df.loc[df.cluster == c, "feature"]) for c in sorted(set(df.cluster) - {-1})]
-    assert sorted(map(sorted, found)) == sorted(map(sorted, [set(g) for g in groups]))
-    again = cluster_features(feats, top_percentile=98.5, min_size=4, min_fires=5, seed=0)
-    pd.testing.assert_frame_equal(df, again)
-    scores = cluster_scores(feats, df, stat="freq")
-    assert scores.shape == (400, len(found))
-    c0 = df.loc[df.feature == groups[0][0], "cluster"].item()
-    expected = sum(feats.freq[s][:, list(groups[0])].toarray().sum(1) for s in ("chosen", "rejected"))
-    np.testing.assert_allclose(scores[c0].to_numpy(), expected, rtol=1e-5)
-    one = cluster_scores(feats, df, span="prompt")
-    np.testing.assert_allclose(one[c0].to_numpy(), feats.freq["prompt"][:, list(groups[0])].toarray().sum(1),
-                               rtol=1e-5)
-
-
-def test_nmi_matrix_equals_sklearn():
-    from sklearn.metrics import normalized_mutual_info_score
-
-    rng = np.random.default_rng(1)
-    B = (rng.random((300, 6)) < [0.05, 0.3, 0.5, 0.5, 0.9, 0.2]).astype(float)
-    B[:, 3] = np.where(rng.random(300) < 0.8, B[:, 2], 1 - B[:, 2])  # correlated with column 2
-    nmi = nmi_matrix(sp.csr_matrix(B))
-    for i in range(6):
-        for j in range(6):
-            if i != j:
-                assert nmi[i, j] == pytest.approx(normalized_mutual_info_score(B[:, i], B[:, j]), abs=1e-5)
-    assert nmi[2, 3] > 0.1

@@ -1,0 +1,514 @@
+"""Stage 2b: from SAE latents to concepts: per-span feature summaries, concept clusters, labels.
+
+Takes a model (``load_model``), preference pairs (``load_preferences``) and an SAE
+(``anatomy.saes.load_sae``); returns
+
+- ``PairFeatures``: per pair and span (``prompt`` / ``chosen`` / ``rejected``) each
+  feature's max activation and firing frequency, as ``scipy.sparse.csr_matrix``
+  of shape ``[n_pairs, d_sae]`` (``feature_summaries``, streamed: memory stays flat
+  in the number of pairs);
+- concept clusters of co-firing features, a DataFrame ``feature -> cluster``
+  (``cluster_features``: NMI of binary firing, top 1% of feature pairs as a graph,
+  Leiden), and per-pair cluster scores (``cluster_scores``);
+- navigation labels from top-activating contexts (``label_features``,
+  ``label_clusters``).
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from .cache import SPANS, stream_pair_activations, tokenize_pairs
+from .saes import MAX_NORM_RATIO, _json_default, sae_hook, typical_tokens
+
+
+# ----------------------------------------------------------------------------- per-span summaries
+
+
+@dataclass(frozen=True)
+class PairFeatures:
+    """Per pair and span, each SAE feature's max activation and firing frequency.
+
+    ``max[span]`` and ``freq[span]`` are ``scipy.sparse.csr_matrix`` of shape
+    ``[n_pairs, d_sae]`` (freq = share of the span's tokens where the feature
+    fires); ``n_tokens[span]`` is ``np.ndarray[n_pairs]``; rows follow ``ids``.
+    """
+
+    ids: list[str]
+    max: dict[str, sp.csr_matrix]
+    freq: dict[str, sp.csr_matrix]
+    n_tokens: dict[str, np.ndarray]
+    hook: str | None = None
+    d_sae: int = 0
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def spans(self) -> tuple[str, ...]:
+        return tuple(self.max)
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write ``features.npz`` (all matrices) and ``features.json`` (ids, hook, shapes)."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        arrays = {}
+        for stat, mats in (("max", self.max), ("freq", self.freq)):
+            for span, m in mats.items():
+                m = m.tocsr()
+                arrays[f"{stat}/{span}/data"] = m.data
+                arrays[f"{stat}/{span}/indices"] = m.indices
+                arrays[f"{stat}/{span}/indptr"] = m.indptr
+        for span, a in self.n_tokens.items():
+            arrays[f"n_tokens/{span}"] = a
+        np.savez_compressed(out / "features.npz", **arrays)
+        (out / "features.json").write_text(json.dumps(
+            {"ids": self.ids, "spans": list(self.max), "hook": self.hook, "d_sae": self.d_sae, "meta": self.meta},
+            default=_json_default))
+        return out
+
+    @classmethod
+    def load(cls, out_dir: str | Path) -> PairFeatures:
+        out = Path(out_dir)
+        info = json.loads((out / "features.json").read_text())
+        z = np.load(out / "features.npz")
+        shape = (len(info["ids"]), info["d_sae"])
+        mats = {"max": {}, "freq": {}}
+        for stat in mats:
+            for span in info["spans"]:
+                mats[stat][span] = sp.csr_matrix(
+                    (z[f"{stat}/{span}/data"], z[f"{stat}/{span}/indices"], z[f"{stat}/{span}/indptr"]), shape=shape)
+        n_tokens = {span: z[f"n_tokens/{span}"] for span in info["spans"]}
+        return cls(info["ids"], mats["max"], mats["freq"], n_tokens, info["hook"], info["d_sae"], info.get("meta", {}))
+
+
+class _CSRBuilder:
+    """Append sparse rows; memory is the nonzeros only."""
+
+    def __init__(self, d: int):
+        self.d, self.data, self.indices, self.indptr = d, [], [], [0]
+
+    def add(self, idx: np.ndarray, val: np.ndarray) -> None:
+        self.indices.append(idx.astype(np.int32))
+        self.data.append(val.astype(np.float32))
+        self.indptr.append(self.indptr[-1] + len(idx))
+
+    def build(self) -> sp.csr_matrix:
+        data = np.concatenate(self.data) if self.data else np.zeros(0, np.float32)
+        ind = np.concatenate(self.indices) if self.indices else np.zeros(0, np.int32)
+        return sp.csr_matrix((data, ind, np.asarray(self.indptr, dtype=np.int64)), shape=(len(self.indptr) - 1, self.d))
+
+
+@torch.no_grad()
+def span_summary(z: Float[Tensor, "tok d_sae"]) -> tuple[Tensor, Tensor, Tensor]:
+    """``(features, max, freq)`` of one span's latents: the features that fire, their max and share of tokens."""
+    if len(z) == 0:
+        e = torch.zeros(0)
+        return e.long(), e, e
+    active = z > 0
+    count = active.sum(0)
+    idx = torch.nonzero(count, as_tuple=True)[0]
+    return idx, z[:, idx].max(0).values, count[idx].double().div(len(z)).float()
+
+
+@torch.no_grad()
+def feature_summaries(
+    model,
+    sae,
+    pairs: Sequence[dict],
+    *,
+    hook: str | None = None,
+    batch_tokens: int = 4096,
+    chunk_pairs: int = 64,
+    max_norm_ratio: float | None = MAX_NORM_RATIO,
+    progress: bool = True,
+) -> PairFeatures:
+    """Encode every pair's tokens with the SAE and keep per-span summaries only.
+
+    Streams per-token activations (``stream_pair_activations``), encodes each
+    span with ``sae.encode`` and keeps, per pair and span, each firing feature's
+    max activation and firing frequency (share of the span's tokens where its
+    latent is > 0). Sparse rows are appended as pairs go, so memory stays flat
+    in the number of pairs apart from the (sparse) result.
+
+    Args:
+        hook: the hook to read (default ``sae.cfg.metadata.hook_name``).
+        max_norm_ratio: tokens outside the SAE's training data are left out
+            (``anatomy.saes.typical_tokens``: in practice the first prompt token,
+            an attention sink); ``n_tokens`` counts the tokens kept. ``None`` keeps all.
+
+    Returns:
+        ``PairFeatures`` with ``max`` / ``freq`` ``csr_matrix[n_pairs, d_sae]`` per span.
+    """
+    hook = hook or sae_hook(sae)
+    d_sae = sae.cfg.d_sae
+    mx = {s: _CSRBuilder(d_sae) for s in SPANS}
+    fq = {s: _CSRBuilder(d_sae) for s in SPANS}
+    ntok = {s: [] for s in SPANS}
+    ids = []
+    dtype = next(sae.parameters()).dtype
+    device = next(sae.parameters()).device
+    for pid, spans in stream_pair_activations(model, pairs, hook, batch_tokens=batch_tokens,
+                                              chunk_pairs=chunk_pairs, progress=progress):
+        ids.append(pid)
+        for s in SPANS:
+            x = spans[s]
+            x = x[typical_tokens(sae, x, max_norm_ratio)]
+            z = sae.encode(x.to(device=device, dtype=dtype)) if len(x) else x.new_zeros(0, d_sae)
+            idx, vmax, vfreq = span_summary(z)
+            mx[s].add(idx.cpu().numpy(), vmax.cpu().numpy())
+            fq[s].add(idx.cpu().numpy(), vfreq.cpu().numpy())
+            ntok[s].append(len(x))
+    return PairFeatures(ids, {s: mx[s].build() for s in SPANS}, {s: fq[s].build() for s in SPANS},
+                        {s: np.asarray(ntok[s], dtype=np.int64) for s in SPANS}, hook, d_sae)
+
+
+# ----------------------------------------------------------------------------- concept clusters
+
+
+def _as_span_tuple(span: str | Sequence[str]) -> tuple[str, ...]:
+    return (span,) if isinstance(span, str) else tuple(span)
+
+
+def firing_matrix(features: PairFeatures, span: str | Sequence[str] = ("chosen", "rejected")) -> sp.csr_matrix:
+    """Binary firing ``[n_pairs * n_spans, d_sae]`` (freq > 0), spans stacked vertically."""
+    mats = []
+    for s in _as_span_tuple(span):
+        if s not in features.freq:
+            raise KeyError(f"span {s!r} is not in the features (spans: {features.spans})")
+        m = features.freq[s].tocsr().copy()
+        m.data = (m.data > 0).astype(np.float32)
+        m.eliminate_zeros()
+        mats.append(m)
+    return sp.vstack(mats).tocsr()
+
+
+def _xlogx_ratio(p_ab: np.ndarray, p_a: np.ndarray, p_b: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = p_ab * np.log(p_ab / (p_a * p_b))
+    return np.where(p_ab > 0, t, 0.0)
+
+
+def nmi_matrix(binary: sp.spmatrix | np.ndarray, *, block: int = 1024) -> np.ndarray:
+    """Normalised mutual information between all pairs of binary columns, from co-occurrence counts.
+
+    For columns i, j with counts ``n_i``, ``n_j`` and co-occurrence ``c_ij`` over
+    ``N`` rows, the 2x2 contingency table is ``(c, n_i - c, n_j - c, N - n_i - n_j + c)``;
+    NMI = MI / mean(H_i, H_j) (scikit-learn's ``normalized_mutual_info_score``
+    with ``average_method="arithmetic"``). A column with zero entropy has NMI 0
+    with every other column.
+
+    Returns:
+        ``np.ndarray[n_cols, n_cols]`` (float32); the diagonal is 1 where the entropy is > 0, else 0.
+    """
+    B = sp.csr_matrix(binary, dtype=np.float64)
+    N = B.shape[0]
+    n = np.asarray(B.sum(0)).ravel()
+    p = n / N
+    H = -(_xlogx_ratio(p, np.ones_like(p), np.ones_like(p)) + _xlogx_ratio(1 - p, np.ones_like(p), np.ones_like(p)))
+    Bt = B.T.tocsr()
+    m = B.shape[1]
+    out = np.zeros((m, m), dtype=np.float32)
+    for a in range(0, m, block):
+        b = min(a + block, m)
+        c = np.asarray((Bt[a:b] @ B).todense())  # co-occurrence counts [b - a, m]
+        pi, pj = p[a:b, None], p[None, :]
+        p11 = c / N
+        p10 = pi - p11
+        p01 = pj - p11
+        p00 = 1 - pi - pj + p11
+        mi = (_xlogx_ratio(p11, pi, pj) + _xlogx_ratio(p10, pi, 1 - pj)
+              + _xlogx_ratio(p01, 1 - pi, pj) + _xlogx_ratio(p00, 1 - pi, 1 - pj))
+        denom = (H[a:b, None] + H[None, :]) / 2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            nmi = np.where(denom > 0, mi / denom, 0.0)
+        out[a:b] = np.clip(nmi, 0.0, 1.0)
+    return out
+
+
+def cluster_features(
+    features: PairFeatures,
+    *,
+    span: str | Sequence[str] = ("chosen", "rejected"),
+    top_percentile: float = 99.0,
+    min_size: int = 4,
+    min_fires: int = 5,
+    resolution: float = 1.0,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Group co-firing features into concept clusters (NMI graph + Leiden).
+
+    1. Binary firing per pair-span (``freq > 0``) over ``span``.
+    2. NMI between every two features firing in at least ``min_fires`` pair-spans
+       (and not in all of them), vectorised from co-occurrence counts (``nmi_matrix``).
+    3. The top ``100 - top_percentile`` % of feature pairs by NMI become weighted
+       edges; Leiden (``leidenalg.RBConfigurationVertexPartition``, ``resolution``,
+       ``seed``) finds communities; clusters smaller than ``min_size`` are dropped.
+
+    Returns:
+        DataFrame with one row per feature (``d_sae`` rows): ``feature``,
+        ``cluster`` (0, 1, ... by decreasing size; -1 unclustered), ``n_fires``,
+        ``cluster_size`` (0 if unclustered). ``attrs["nmi_threshold"]`` holds the
+        edge threshold, ``attrs["n_candidates"]`` the features considered.
+    """
+    import igraph as ig
+    import leidenalg
+
+    B = firing_matrix(features, span)
+    n_rows, d_sae = B.shape
+    n_fires = np.asarray(B.sum(0)).ravel().astype(np.int64)
+    cand = np.flatnonzero((n_fires >= min_fires) & (n_fires < n_rows))
+    cluster = np.full(d_sae, -1, dtype=np.int64)
+    threshold = float("nan")
+    if len(cand) >= 2:
+        nmi = nmi_matrix(B[:, cand])
+        iu, ju = np.triu_indices(len(cand), k=1)
+        vals = nmi[iu, ju]
+        del nmi
+        threshold = float(np.percentile(vals, top_percentile))
+        keep = (vals > threshold) & (vals > 0)  # threshold 0: fewer pairs than asked carry any information
+        g = ig.Graph(n=len(cand), edges=np.column_stack([iu[keep], ju[keep]]).tolist())
+        g.es["weight"] = vals[keep].astype(float).tolist()
+        part = leidenalg.find_partition(g, leidenalg.RBConfigurationVertexPartition, weights="weight",
+                                        resolution_parameter=resolution, seed=seed)
+        memb = np.asarray(part.membership)
+        sizes = np.bincount(memb)
+        big = [c for c in np.argsort(-sizes, kind="stable") if sizes[c] >= min_size]
+        remap = {c: i for i, c in enumerate(big)}
+        cluster[cand] = [remap.get(c, -1) for c in memb]
+    sizes = np.bincount(cluster[cluster >= 0], minlength=max(0, cluster.max() + 1))
+    df = pd.DataFrame({"feature": np.arange(d_sae), "cluster": cluster, "n_fires": n_fires,
+                       "cluster_size": np.where(cluster >= 0, sizes[np.maximum(cluster, 0)] if len(sizes) else 0, 0)})
+    df.attrs.update({"nmi_threshold": threshold, "n_candidates": int(len(cand)), "span": list(_as_span_tuple(span))})
+    return df
+
+
+def cluster_scores(
+    features: PairFeatures,
+    clusters: pd.DataFrame,
+    *,
+    stat: str = "freq",
+    span: str | Sequence[str] = ("chosen", "rejected"),
+) -> pd.DataFrame:
+    """Per pair and cluster, the sum of the member features' ``stat`` (``freq`` or ``max``).
+
+    With several spans the sums are added over them (for chosen + rejected:
+    METHOD §3.4's symmetric activity ``s_im``); pass one span for per-span scores.
+
+    Returns:
+        DataFrame ``[n_pairs, n_clusters]``, index ``features.ids``, columns the cluster ids.
+    """
+    if stat not in ("freq", "max"):
+        raise ValueError(f"stat {stat!r} is not 'freq' or 'max'")
+    mats = getattr(features, stat)
+    member = clusters[clusters["cluster"] >= 0]
+    n_clusters = int(member["cluster"].max()) + 1 if len(member) else 0
+    d_sae = next(iter(mats.values())).shape[1]
+    M = sp.csr_matrix((np.ones(len(member)), (member["feature"].to_numpy(), member["cluster"].to_numpy())),
+                      shape=(d_sae, n_clusters))
+    total = None
+    for s in _as_span_tuple(span):
+        part = mats[s] @ M
+        total = part if total is None else total + part
+    return pd.DataFrame(np.asarray(total.todense()), index=pd.Index(features.ids, name="id"),
+                        columns=pd.RangeIndex(n_clusters, name="cluster"))
+
+
+# ----------------------------------------------------------------------------- labels
+
+
+@torch.no_grad()
+def _top_contexts(model, sae, pairs, feature_ids, *, top_k, window, hook, batch_tokens, progress):
+    """One streaming pass: per feature a heap of its ``top_k`` (pair, span) maxima with windows,
+    and the corpus token counts."""
+    hook = hook or sae_hook(sae)
+    fids = torch.as_tensor(np.asarray(feature_ids, dtype=np.int64))
+    F = len(fids)
+    heaps: list[list] = [[] for _ in range(F)]
+    floor = np.zeros(F)  # smallest kept max per feature once its heap is full
+    vocab = len(model.tokenizer)
+    corpus = np.zeros(vocab, dtype=np.int64)
+    tok = {}
+    counter = 0
+    dtype = next(sae.parameters()).dtype
+    for i, (pid, spans) in enumerate(stream_pair_activations(model, pairs, hook, batch_tokens=batch_tokens,
+                                                             progress=progress)):
+        pair = pairs[i]
+        enc_c = tokenize_pairs(model, [pair])[0]
+        ids_c = np.asarray(enc_c["chosen"]["input_ids"])
+        ids_r = np.asarray(enc_c["rejected"]["input_ids"])
+        tok = {"prompt": ids_c[np.asarray(enc_c["chosen"]["prompt_mask"])],
+               "chosen": ids_c[np.asarray(enc_c["chosen"]["response_mask"])],
+               "rejected": ids_r[np.asarray(enc_c["rejected"]["response_mask"])]}
+        for s in SPANS:
+            x = spans[s]
+            if len(x) == 0:
+                continue
+            corpus += np.bincount(tok[s], minlength=vocab)[:vocab]
+            z = sae.encode(x.to(dtype))[:, fids] * typical_tokens(sae, x)[:, None]  # [tok, F]; no sink maxima
+            vals, pos = z.max(0)
+            vals = vals.numpy()
+            for f in np.flatnonzero((vals > 0) & (vals > floor)):
+                p = int(pos[f])
+                a, b = max(0, p - window), min(len(x), p + window + 1)
+                entry = (float(vals[f]), counter, pid, s, p - a, tok[s][a:b].tolist(), z[a:b, f].tolist())
+                counter += 1
+                if len(heaps[f]) < top_k:
+                    heapq.heappush(heaps[f], entry)
+                else:
+                    heapq.heappushpop(heaps[f], entry)
+                if len(heaps[f]) == top_k:
+                    floor[f] = heaps[f][0][0]
+    return [sorted(h, reverse=True) for h in heaps], corpus
+
+
+def _enriched_tokens(window_counts: np.ndarray, corpus: np.ndarray, tokenizer, n: int = 3,
+                     prior: float = 10.0) -> list[tuple[str, float]]:
+    """Tokens most over-represented in the windows vs the corpus: log-odds z-scores with an
+    informative Dirichlet prior (Monroe et al. 2008) of total mass ``prior`` x vocabulary share."""
+    nw, nc = window_counts.sum(), corpus.sum()
+    if nw == 0:
+        return []
+    cand = np.flatnonzero(window_counts)
+    alpha0 = prior * len(cand)
+    a = alpha0 * (corpus[cand] + 1) / (nc + len(corpus))
+    y, c = window_counts[cand], corpus[cand]
+    lw = np.log((y + a) / (nw + alpha0 - y - a))
+    lc = np.log((c + a) / (nc + alpha0 - c - a))
+    var = 1.0 / (y + a) + 1.0 / (c + a)
+    z = (lw - lc) / np.sqrt(var)
+    order = np.argsort(-z)[:n]
+    return [(tokenizer.decode([int(cand[o])]), float(z[o])) for o in order]
+
+
+def _snippets(entries, tokenizer) -> list[dict]:
+    return [{"pair_id": pid, "span": s, "max": v, "argmax": j,
+             "tokens": [tokenizer.decode([t]) for t in toks], "acts": [round(float(x), 4) for x in acts]}
+            for v, _, pid, s, j, toks, acts in entries]
+
+
+def _label_prompt(snippets: list[dict]) -> str:
+    lines = ["These text snippets all strongly activate one feature of a language model; the most "
+             "activating token is marked with [[ ]]. Give a short label (a few words) for what the feature detects.",
+             ""]
+    for sn in snippets:
+        t = list(sn["tokens"])
+        t[sn["argmax"]] = f"[[{t[sn['argmax']]}]]"
+        lines.append(f"- ({sn['span']}) " + "".join(t).replace("\n", "\\n"))
+    return "\n".join(lines)
+
+
+def _label(top: list[tuple[str, float]], snippets: list[dict], labeler: Callable[[str], str] | None) -> str:
+    """The enriched tokens joined, or ``labeler``'s answer on the snippets when one is given."""
+    if labeler is not None and snippets:
+        return str(labeler(_label_prompt(snippets))).strip()
+    return " · ".join(t.strip() or repr(t) for t, _ in top) if top else "(never fires)"
+
+
+def label_features(
+    model,
+    sae,
+    pairs: Sequence[dict],
+    feature_ids: Sequence[int],
+    *,
+    top_k: int = 8,
+    window: int = 4,
+    labeler: Callable[[str], str] | None = None,
+    hook: str | None = None,
+    batch_tokens: int = 4096,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Navigation labels for features from their top-activating contexts (offline by default).
+
+    Streams the pairs once, keeping for each feature its ``top_k`` strongest
+    (pair, span) maxima with ``window`` tokens either side. The label is the
+    three tokens most enriched in those windows relative to all tokens streamed
+    (log-odds with an informative Dirichlet prior); with ``labeler`` (a callable
+    prompt -> label, e.g. an LLM endpoint) the label is its answer instead.
+    Labels are for navigation only.
+
+    Returns:
+        DataFrame, one row per feature: ``feature``, ``label``, ``top_tokens``
+        (list of (token, z)), ``max_act``, ``n_examples``, ``snippets`` (list of
+        ``{"pair_id", "span", "max", "argmax", "tokens", "acts"}`` for highlighting).
+    """
+    df = _label_table(model, sae, pairs, feature_ids, top_k=top_k, window=window, labeler=labeler, hook=hook,
+                      batch_tokens=batch_tokens, progress=progress)
+    corpus = df.attrs["corpus_counts"]
+    df = df.drop(columns="window_tokens")
+    df.attrs["corpus_counts"] = corpus
+    return df
+
+
+def _label_table(model, sae, pairs, feature_ids, *, top_k, window, labeler, hook, batch_tokens, progress):
+    feature_ids = [int(f) for f in feature_ids]
+    heaps, corpus = _top_contexts(model, sae, pairs, feature_ids, top_k=top_k, window=window, hook=hook,
+                                  batch_tokens=batch_tokens, progress=progress)
+    vocab = len(corpus)
+    rows = []
+    for f, entries in zip(feature_ids, heaps):
+        wt = np.concatenate([np.asarray(e[5], dtype=np.int64) for e in entries]) if entries else np.zeros(0, np.int64)
+        top = _enriched_tokens(np.bincount(wt, minlength=vocab), corpus, model.tokenizer)
+        snips = _snippets(entries, model.tokenizer)
+        rows.append({"feature": f, "label": _label(top, snips, labeler), "top_tokens": top,
+                     "max_act": entries[0][0] if entries else 0.0, "n_examples": len(entries), "snippets": snips,
+                     "window_tokens": wt})
+    df = pd.DataFrame(rows, columns=["feature", "label", "top_tokens", "max_act", "n_examples", "snippets",
+                                     "window_tokens"])
+    df.attrs["corpus_counts"] = corpus
+    return df
+
+
+def label_clusters(
+    model,
+    sae,
+    pairs: Sequence[dict],
+    clusters: pd.DataFrame,
+    *,
+    cluster_ids: Sequence[int] | None = None,
+    top_k: int = 8,
+    window: int = 4,
+    labeler: Callable[[str], str] | None = None,
+    hook: str | None = None,
+    batch_tokens: int = 4096,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Navigation labels for concept clusters: the member features' contexts pooled.
+
+    One streaming pass over ``pairs`` (``label_features`` on every member of the
+    selected clusters); a cluster's label is the tokens most enriched in the
+    windows of all its members, or ``labeler``'s answer on its strongest snippets.
+
+    Returns:
+        DataFrame, one row per cluster: ``cluster``, ``label``, ``size``,
+        ``top_tokens``, ``features``, ``feature_labels``, ``snippets`` (the
+        ``top_k`` strongest over members).
+    """
+    member = clusters[clusters["cluster"] >= 0]
+    if cluster_ids is not None:
+        member = member[member["cluster"].isin(list(cluster_ids))]
+    feats = _label_table(model, sae, pairs, member["feature"].tolist(), top_k=top_k, window=window,
+                         labeler=None, hook=hook, batch_tokens=batch_tokens, progress=progress)
+    corpus = feats.attrs["corpus_counts"]
+    by_f = feats.set_index("feature")
+    rows = []
+    for c, grp in member.groupby("cluster"):
+        fs = grp["feature"].tolist()
+        counts = np.bincount(np.concatenate([by_f.loc[f, "window_tokens"] for f in fs]), minlength=len(corpus))
+        snips = sorted((s for f in fs for s in by_f.loc[f, "snippets"]), key=lambda s: -s["max"])[:top_k]
+        top = _enriched_tokens(counts, corpus, model.tokenizer)
+        rows.append({"cluster": int(c), "label": _label(top, snips, labeler), "size": len(fs), "top_tokens": top, "features": fs,
+                     "feature_labels": [by_f.loc[f, "label"] for f in fs], "snippets": snips})
+    return pd.DataFrame(rows)
