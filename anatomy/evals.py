@@ -430,7 +430,7 @@ def sae_scorer(model, sae, clusters: pd.DataFrame, *, stat: Literal["freq", "max
     Re-encodes each response's tokens at the SAE's hook and, per cluster, sums
     over member features their firing frequency on the response span (share of
     response tokens where the latent is > 0; ``stat="freq"``) or their max
-    activation (``stat="max"``): the same quantity ``saes.cluster_scores`` gives
+    activation (``stat="max"``): the same quantity ``anatomy.features.cluster_scores`` gives
     for one span of a pair, so predicted and observed shifts are on one scale.
     ``stat="active"`` is the share of member features whose firing frequency
     exceeds ``tau``: the per-response quantity whose chosen-minus-rejected mean is
@@ -440,7 +440,7 @@ def sae_scorer(model, sae, clusters: pd.DataFrame, *, stat: Literal["freq", "max
         model: the ``TransformerBridge`` that reads the rollouts: the pre-DPO model,
             a separate instance from a policy trained in place (see the module docstring).
         sae: a SAELens SAE (``load_sae``).
-        clusters: ``saes.cluster_features`` output (``feature``, ``cluster``; -1 = none).
+        clusters: ``anatomy.features.cluster_features`` output (``feature``, ``cluster``; -1 = none).
         hook: default ``sae.cfg.metadata.hook_name``.
 
     Returns:
@@ -453,7 +453,7 @@ def sae_scorer(model, sae, clusters: pd.DataFrame, *, stat: Literal["freq", "max
         raise ValueError(f"stat must be 'freq', 'max' or 'active', got {stat!r}")
     for col in ("feature", "cluster"):
         if col not in clusters.columns:
-            raise ValueError(f"clusters lacks column {col!r}; pass saes.cluster_features output")
+            raise ValueError(f"clusters lacks column {col!r}; pass anatomy.features.cluster_features output")
     hook = hook or sae_hook(sae)
     member = clusters[clusters["cluster"] >= 0]
     if member.empty:

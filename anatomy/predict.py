@@ -1,14 +1,14 @@
 """Stage 5b: predicted vs observed shift per concept (METHOD §4).
 
 Takes per-pair concept scores of the preference data read by the pre-DPO model
-(``saes.cluster_scores(..., span="chosen")`` / ``span="rejected"``, annotator
+(``anatomy.features.cluster_scores(..., span="chosen")`` / ``span="rejected"``, annotator
 counts of the chosen and rejected texts, direction projections) and per-rollout
 scores of the policy before and after DPO (``evals.measure``); returns
 
 - ``predict_shift``: one number per concept, the data's chosen-minus-rejected
   signal (the paper's signed disparity ``u``, or a z-scored gap);
   ``predict_shift_from_features``: the paper's ``u`` averaged over each cluster's
-  member features, from ``saes.PairFeatures``;
+  member features, from ``anatomy.features.PairFeatures``;
 - ``observed_shift``: per concept, the rollouts' activity before and after and
   the shift with a bootstrap CI that resamples prompts;
 - ``compare``: how well the prediction explains the observation (R², Pearson,
@@ -49,7 +49,7 @@ def predict_shift(
     """The data's chosen-minus-rejected signal per concept: what DPO is predicted to teach.
 
     Both tables are ``[pairs, concepts]`` with the same index (pair ids, in the
-    same order) and the same columns, e.g. ``saes.cluster_scores(features,
+    same order) and the same columns, e.g. ``anatomy.features.cluster_scores(features,
     clusters, span="chosen")`` and ``span="rejected"``.
 
     - ``"u"``: the frequency-based signed disparity, mean over pairs of
@@ -115,8 +115,8 @@ def predict_shift_from_features(features, clusters: pd.DataFrame, *, tau: float 
     ``u_m = mean over pairs i of mean over g in T_m of (1[freq_chosen_ig > tau] - 1[freq_rejected_ig > tau])``.
 
     Args:
-        features: ``saes.PairFeatures`` (``freq["chosen"]``, ``freq["rejected"]``).
-        clusters: ``saes.cluster_features`` output (``feature``, ``cluster``; -1 = none).
+        features: ``anatomy.features.PairFeatures`` (``freq["chosen"]``, ``freq["rejected"]``).
+        clusters: ``anatomy.features.cluster_features`` output (``feature``, ``cluster``; -1 = none).
 
     Returns:
         Series indexed ``prefix + cluster`` for clusters ``0 .. max`` (named ``"u"``).
