@@ -124,6 +124,24 @@ def span_summary(z: Float[Tensor, "tok d_sae"]) -> tuple[Tensor, Tensor, Tensor]
 
 
 @torch.no_grad()
+def encode_span(sae, x: Float[Tensor, "tok d_model"], max_norm_ratio: float | None = MAX_NORM_RATIO
+                ) -> tuple[Tensor, Tensor, Tensor, int]:
+    """One span's summary: ``span_summary`` of the SAE latents of its typical tokens.
+
+    Tokens outside the SAE's training data (``anatomy.saes.typical_tokens``: in
+    practice the first prompt token, an attention sink) are left out first.
+
+    Returns:
+        ``(features, max, freq, n_tokens)``: the firing features, their max and share
+        of the kept tokens, and the number of tokens kept.
+    """
+    param = next(sae.parameters())
+    x = x[typical_tokens(sae, x, max_norm_ratio)]
+    z = sae.encode(x.to(device=param.device, dtype=param.dtype)) if len(x) else x.new_zeros(0, sae.cfg.d_sae)
+    return (*span_summary(z), len(x))
+
+
+@torch.no_grad()
 def feature_summaries(
     model,
     sae,
@@ -146,8 +164,8 @@ def feature_summaries(
     Args:
         hook: the hook to read (default ``sae.cfg.metadata.hook_name``).
         max_norm_ratio: tokens outside the SAE's training data are left out
-            (``anatomy.saes.typical_tokens``: in practice the first prompt token,
-            an attention sink); ``n_tokens`` counts the tokens kept. ``None`` keeps all.
+            (``encode_span``: in practice the first prompt token, an attention
+            sink); ``n_tokens`` counts the tokens kept. ``None`` keeps all.
 
     Returns:
         ``PairFeatures`` with ``max`` / ``freq`` ``csr_matrix[n_pairs, d_sae]`` per span.
@@ -158,19 +176,14 @@ def feature_summaries(
     fq = {s: _CSRBuilder(d_sae) for s in SPANS}
     ntok = {s: [] for s in SPANS}
     ids = []
-    dtype = next(sae.parameters()).dtype
-    device = next(sae.parameters()).device
     for pid, spans in stream_pair_activations(model, pairs, hook, batch_tokens=batch_tokens,
                                               chunk_pairs=chunk_pairs, progress=progress):
         ids.append(pid)
         for s in SPANS:
-            x = spans[s]
-            x = x[typical_tokens(sae, x, max_norm_ratio)]
-            z = sae.encode(x.to(device=device, dtype=dtype)) if len(x) else x.new_zeros(0, d_sae)
-            idx, vmax, vfreq = span_summary(z)
+            idx, vmax, vfreq, n = encode_span(sae, spans[s], max_norm_ratio)
             mx[s].add(idx.cpu().numpy(), vmax.cpu().numpy())
             fq[s].add(idx.cpu().numpy(), vfreq.cpu().numpy())
-            ntok[s].append(len(x))
+            ntok[s].append(n)
     return PairFeatures(ids, {s: mx[s].build() for s in SPANS}, {s: fq[s].build() for s in SPANS},
                         {s: np.asarray(ntok[s], dtype=np.int64) for s in SPANS}, hook, d_sae)
 

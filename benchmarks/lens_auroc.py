@@ -112,8 +112,8 @@ def encode_split(model, sae, pairs: list[dict], *, progress: bool = True):
         (span in chosen / rejected); ``features`` as ``feature_summaries`` returns it.
     """
     from anatomy.cache import SPANS, stream_pair_activations
-    from anatomy.features import PairFeatures, span_summary
-    from anatomy.saes import sae_hook, typical_tokens
+    from anatomy.features import PairFeatures, encode_span
+    from anatomy.saes import sae_hook
 
     hook = sae_hook(sae)
     d_sae = sae.cfg.d_sae
@@ -128,15 +128,13 @@ def encode_split(model, sae, pairs: list[dict], *, progress: bool = True):
             if s != "prompt":
                 pooled[(s, "mean")].append(x.mean(0))
                 pooled[(s, "max")].append(x.max(0).values)
-            x = x[typical_tokens(sae, x)]  # as feature_summaries: no attention-sink token
-            z = sae.encode(x) if len(x) else x.new_zeros(0, d_sae)
-            idx, vmax, vfreq = span_summary(z)
+            idx, vmax, vfreq, n = encode_span(sae, x)  # as feature_summaries: no attention-sink token
             for stat, v in (("max", vmax), ("freq", vfreq)):
                 data, ind, ptr = parts[(stat, s)]
                 data.append(v.numpy().astype(np.float32))
                 ind.append(idx.numpy().astype(np.int32))
                 ptr.append(ptr[-1] + len(idx))
-            ntok[s].append(len(x))
+            ntok[s].append(n)
 
     def csr(stat, s):
         data, ind, ptr = parts[(stat, s)]
