@@ -24,7 +24,7 @@ Output:
   effect with CI, p, q, replication, n, representative pair ids.
 - `show_examples(pairs, ids, highlight=...)` — chosen | rejected side by side, the concept marked.
 - `token_feature_scores(model, sae, pairs, feature_ids)` — per-token concept activity (for highlight).
-Helpers: `spherical_kmeans`, `split_halves`, `length_gap`.
+Helpers: `spherical_kmeans`, `split_halves`, `length_gap`, `mean_disparity` (covariates).
 
 Decisions (documented where they are made):
 - Spherical k-means is implemented here (cosine assignment, renormalised centroids, k-means++
@@ -59,6 +59,7 @@ __all__ = [
     "global_hypotheses",
     "hypotheses_table",
     "length_gap",
+    "mean_disparity",
     "prompt_clusters",
     "prompt_conditioned_hypotheses",
     "rank_hypotheses",
@@ -185,6 +186,29 @@ def length_gap(features: PairFeatures) -> pd.Series:
     n_r = np.asarray(features.n_tokens["rejected"], dtype=np.float64)
     return pd.Series(np.log1p(n_c) - np.log1p(n_r), index=pd.Index(features.ids, name="id"),
                      name="length_gap")
+
+
+def mean_disparity(u: pd.DataFrame) -> pd.Series:
+    """Per pair, the mean of u over all concept clusters: how much more of the SAE's concepts
+    the chosen response fires than the rejected one, overall. A covariate for `rank_hypotheses`
+    beside `length_gap`.
+
+    Why: when one side of most pairs is richer (a degraded rejected response, truncated or
+    repetitive, fires fewer features of every kind), nearly every concept's u leans to that
+    side, and the dataset-wide tests against 0 rank concepts by how much they share that
+    common shift. Adjusting u for this per-pair mean reads each concept "beyond the pair's
+    overall shift", as METHOD §3.4's in-vs-out Δ does for the data clusters. The concept's own
+    cluster is one of the averaged columns (1 / n_clusters of the mean). A concept that adds
+    a whole sentence (praise, a link) also raises the mean a little, so its adjusted effect is
+    conservative.
+
+    u: `signed_disparity` [n_pairs, n_clusters]. Returns a Series [n_pairs] named
+    "mean_disparity", index u's index. Raises ValueError for a u with no columns.
+    """
+    U = _table(u)
+    if U.shape[1] == 0:
+        raise ValueError("u has no concept columns: nothing to average")
+    return pd.Series(U.mean(axis=1), index=u.index, name="mean_disparity")
 
 
 # ---------------------------------------------------------------- spherical k-means
@@ -517,17 +541,29 @@ def prompt_conditioned_hypotheses(u: pd.DataFrame, prompt_labels, *, min_size: i
                       seed=seed, name="prompt_labels")
 
 
-def _adjust(U: np.ndarray, covariates) -> np.ndarray:
+def _adjust(U: np.ndarray, covariates) -> tuple[np.ndarray, np.ndarray]:
     """u minus its per-concept OLS slope on the (uncentred) covariates: the mean of the result
-    is the OLS intercept, the expected u at a zero covariate (e.g. equal lengths)."""
+    is the OLS intercept, the expected u at a zero covariate (e.g. equal lengths). Also returns
+    the intercept's two-sided p (t on n - 1 - n_covariates df, HC3 standard errors, one OLS
+    per concept column, vectorised: = statsmodels OLS(u_m, [1, X]).fit(cov_type="HC3"))."""
     X = np.asarray(covariates, dtype=np.float64)
     X = X[:, None] if X.ndim == 1 else X
-    if X.shape[0] != len(U) or not np.isfinite(X).all():
-        raise ValueError(f"`covariates` must be finite with one row per pair ({len(U)}), "
+    n = len(U)
+    if X.shape[0] != n or not np.isfinite(X).all():
+        raise ValueError(f"`covariates` must be finite with one row per pair ({n}), "
                          f"got shape {X.shape}")
-    Xc = X - X.mean(axis=0)
-    beta = np.linalg.lstsq(Xc, U - U.mean(axis=0), rcond=None)[0]
-    return U - X @ beta
+    design = np.column_stack([np.ones(n), X])
+    coef, *_ = np.linalg.lstsq(design, U, rcond=None)  # [1 + p, k]
+    resid = U - design @ coef
+    pinv = np.linalg.pinv(design)  # [1 + p, n]; row 0 maps u to the intercept
+    leverage = np.einsum("ij,ji->i", design, pinv)
+    weight = (pinv[0] / (1.0 - np.minimum(leverage, 1 - 1e-12))) ** 2
+    se = np.sqrt(weight @ resid ** 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(se > 0, coef[0] / se, 0.0)
+    df = max(n - design.shape[1], 1)
+    p = np.where(se > 0, 2 * stats.t.sf(np.abs(t), df), 1.0)
+    return U - X @ coef[1:], p
 
 
 def rank_hypotheses(u: pd.DataFrame, labels, *, conditional: pd.DataFrame | None = None,
@@ -540,13 +576,19 @@ def rank_hypotheses(u: pd.DataFrame, labels, *, conditional: pd.DataFrame | None
     Why both: Δ in-vs-out cancels dataset-wide baselines, so a concept planted in 40% of all
     pairs, uniformly, has Δ ≈ 0 in every data cluster; the dataset-wide rows find it.
 
-    (a) dataset-wide rows (group -1, n_in = all pairs, test "wilcoxon: all pairs"):
+    (a) dataset-wide rows (group -1, n_in = all pairs, test "wilcoxon: all pairs", or
+        "ols intercept (HC3): ..." with covariates):
         per concept, `anatomy.contrast.paired_stats` on u against 0 (u is itself a paired
         chosen − rejected difference): delta = mean u, ci = percentile bootstrap
         (``n_boot``), p = Wilcoxon signed-rank, d = d_z. With ``covariates`` (e.g.
-        `length_gap`), u is first adjusted by its per-concept OLS slope, so delta is the
-        expected u at a zero covariate ("beyond length"); the bootstrap ignores the slope's
-        own uncertainty. Split halves as for (b).
+        `length_gap`, `mean_disparity`, or both as columns), u is first adjusted by its
+        per-concept OLS slope, so delta is the OLS intercept, the expected u at a zero
+        covariate ("beyond length", "beyond the pair's overall shift"), and p is that
+        intercept's t-test with HC3 standard errors (test "ols intercept (HC3)"): the
+        residuals of a concept present in few pairs are skewed, so a signed-rank test on them
+        would test their pseudo-median, not the mean that delta reports. The bootstrap CI
+        and d_z are of the adjusted u and ignore the slopes' own uncertainty. Split halves
+        as for (b).
     (b) conditional rows: ``conditional`` (a `global_hypotheses` table) or computed here.
 
     q is recomputed by Benjamini–Hochberg over all rows of (a) and (b) together. Ranking,
@@ -570,7 +612,7 @@ def rank_hypotheses(u: pd.DataFrame, labels, *, conditional: pd.DataFrame | None
     n = len(U)
     if conditional is None:
         conditional = global_hypotheses(u, labels, min_size=min_size, groups=groups, seed=seed)
-    Ua = _adjust(U, covariates) if covariates is not None else U
+    Ua, p_adjusted = _adjust(U, covariates) if covariates is not None else (U, None)
     ua = pd.DataFrame(Ua, index=u.index, columns=u.columns)
     wide = paired_stats(ua, pd.DataFrame(0.0, index=u.index, columns=u.columns), n_boot=n_boot,
                         seed=seed)
@@ -581,12 +623,14 @@ def rank_hypotheses(u: pd.DataFrame, labels, *, conditional: pd.DataFrame | None
         "view": "global", "group": -1, "n_in": n, "n_out": 0, "concept": np.asarray(u.columns),
         "delta": wide["mean_gap"].to_numpy(), "ci_low": wide["ci_low"].to_numpy(),
         "ci_high": wide["ci_high"].to_numpy(), "statistic": np.nan, "df": np.nan,
-        "p": wide["p_wilcoxon"].to_numpy(), "d": wide["d_z"].to_numpy(),
+        "p": wide["p_wilcoxon"].to_numpy() if p_adjusted is None else p_adjusted,
+        "d": wide["d_z"].to_numpy(),
         "mean_in": wide["mean_gap"].to_numpy(), "mean_out": np.nan,
         "consistent": wide["mean_gap"].to_numpy() != 0,
         "delta_a": delta_a, "delta_b": delta_b, "delta_min": delta_min,
         "replicated": replicated, "q": np.nan, "direction": wide["direction"].to_numpy(),
-        "test": "wilcoxon: all pairs" + (" (covariate-adjusted)" if covariates is not None else ""),
+        "test": "wilcoxon: all pairs" if covariates is None
+                else "ols intercept (HC3): all pairs, covariate-adjusted",
     })
     parts = [t for t in (dataset, conditional[HYPOTHESIS_COLUMNS]) if len(t)]
     table = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].copy()

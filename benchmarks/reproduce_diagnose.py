@@ -14,8 +14,11 @@ group pairs that share a prompt for split-half replication; the prompt *text*, n
   2. global view: symmetric activity s, silent bucket + spherical k-means data clusters
      B_k, signed disparity u (τ = 0.01), in-vs-out Δ with Welch tests and grouped split
      halves (`global_hypotheses`), and one ranking with the dataset-wide paired rows
-     (`rank_hypotheses`, u adjusted for the length gap n_tokens(chosen) vs
-     n_tokens(rejected): chosen is longer, and longer responses fire more features);
+     (`rank_hypotheses`, u adjusted for two per-pair covariates: the length gap
+     (`length_gap`: chosen is longer, and longer responses fire more features) and the
+     pair's mean u over all concept clusters (`mean_disparity`: the rejected responses are
+     degraded, so nearly every concept leans chosen; the adjusted rows read each concept
+     beyond that common shift, as the in-vs-out Δ does for data clusters));
   3. prompt-conditioned view: prompt clusters A_k (`prompt_clusters` on the prompt-concept
      clusters) and A_k ⇝ T_m (`prompt_conditioned_hypotheses`);
   4. offline navigation labels of the top clusters (`label_clusters`; never used by a test).
@@ -97,6 +100,7 @@ REJECTED_KINDS = ("truncated", "repetitive", "off_topic")
 RESOLUTION_GRID = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 MAX_CLUSTER_SHARE = 0.05
 AUROC_MATCH = 0.8
+COVARIATES = ("length+mean_disparity", "length", "none")  # the dataset-wide rows' adjustment
 
 
 # ============================================================================ data and features
@@ -183,17 +187,20 @@ def choose_resolution(features, *, grid=RESOLUTION_GRID, max_share: float = MAX_
 
 def discover(features, keys: list[str], *, resolution: float | None = None, k_data: int | None = None,
              k_prompt: int | None = None, tau: float = 0.01, min_size: int = 10, n_boot: int = 1000,
-             covariate: str = "length", seed: int = 0) -> dict:
+             covariate: str = "length+mean_disparity", seed: int = 0) -> dict:
     """The whole diagnosis from activations: clusters, both views, the ranked tables.
 
     features: `PairFeatures` of the pairs; keys: one prompt key per pair (`prompt_keys`).
     Returns a dict with clusters, prompt_concepts, u, s, data_labels, prompt_labels,
-    global_rows, ranked, prompt_rows, length_gap and the settings used.
+    global_rows, ranked, prompt_rows, length_gap, mean_disparity and the settings used.
+    covariate: the dataset-wide rows' adjustment, one of COVARIATES.
     """
+    if covariate not in COVARIATES:
+        raise ValueError(f"covariate must be one of {COVARIATES}, got {covariate!r}")
     from anatomy import cluster_features
-    from anatomy.hypotheses import (data_clusters, global_hypotheses, length_gap, prompt_clusters,
-                                    prompt_conditioned_hypotheses, rank_hypotheses, signed_disparity,
-                                    symmetric_activity)
+    from anatomy.hypotheses import (data_clusters, global_hypotheses, length_gap, mean_disparity,
+                                    prompt_clusters, prompt_conditioned_hypotheses, rank_hypotheses,
+                                    signed_disparity, symmetric_activity)
 
     timings = {}
     t = time.perf_counter()
@@ -218,11 +225,12 @@ def discover(features, keys: list[str], *, resolution: float | None = None, k_da
     s = symmetric_activity(features, clusters)
     data_labels = data_clusters(s, k=k_data, seed=seed)
     u = signed_disparity(features, clusters, tau=tau)
-    lg = length_gap(features)
+    lg, md = length_gap(features), mean_disparity(u)
+    columns = {"none": [], "length": [lg], "length+mean_disparity": [lg, md]}[covariate]
     groups = np.asarray(keys, dtype=object)
     global_rows = global_hypotheses(u, data_labels, min_size=min_size, groups=groups, seed=seed)
     ranked = rank_hypotheses(u, data_labels, conditional=global_rows,
-                             covariates=lg.to_numpy() if covariate == "length" else None,
+                             covariates=np.column_stack(columns) if columns else None,
                              min_size=min_size, groups=groups, seed=seed, n_boot=n_boot)
     prompt_labels = prompt_clusters(features, prompt_concepts, k=k_prompt, seed=seed)
     prompt_rows = prompt_conditioned_hypotheses(u, prompt_labels, min_size=min_size, groups=groups, seed=seed)
@@ -234,7 +242,7 @@ def discover(features, keys: list[str], *, resolution: float | None = None, k_da
                 "concept_clusters": cluster_size_profile(clusters),
                 "prompt_concept_clusters": cluster_size_profile(prompt_concepts),
                 "resolution_profile": profile.to_dict(orient="records")}
-    return {"clusters": clusters, "prompt_concepts": prompt_concepts, "s": s, "u": u, "length_gap": lg,
+    return {"clusters": clusters, "prompt_concepts": prompt_concepts, "s": s, "u": u, "length_gap": lg, "mean_disparity": md,
             "data_labels": data_labels, "prompt_labels": prompt_labels, "global_rows": global_rows,
             "ranked": ranked, "prompt_rows": prompt_rows, "settings": settings, "timings": timings}
 
@@ -478,6 +486,35 @@ def links_on_resource_requests(pairs_df: pd.DataFrame, disc: dict, auc: pd.DataF
     return out
 
 
+def covariate_sensitivity(pairs: list[dict], features, disc: dict, *, seed: int = 0) -> list[dict]:
+    """The global ranking re-done with each adjustment in COVARIATES (discovery's other outputs
+    kept), scored like the headline. Per adjustment: the ground-truth-free share of concepts
+    whose dataset-wide row leans chosen and has q <= 0.05, then (GROUND TRUTH) the four
+    recall / precision figures and each recall concept's best right-sign rank."""
+    from anatomy.hypotheses import length_gap, mean_disparity, rank_hypotheses
+
+    u, groups = disc["u"], np.asarray(prompt_keys(pairs), dtype=object)
+    columns = {"none": [], "length": [length_gap(features)],
+               "length+mean_disparity": [length_gap(features), mean_disparity(u)]}
+    out = []
+    for name in COVARIATES:
+        ranked = rank_hypotheses(u, disc["data_labels"], conditional=disc["global_rows"],
+                                 covariates=np.column_stack(columns[name]) if columns[name] else None,
+                                 groups=groups, seed=seed, n_boot=0)
+        wide = rank_hypotheses(u, np.full(len(u), -1), covariates=np.column_stack(columns[name])
+                               if columns[name] else None, groups=groups, seed=seed, n_boot=0)
+        scored = score_against_truth(pairs, features, dict(disc, ranked=ranked), seed=seed)
+        ranks = scored["per_concept"].set_index("concept")["best_global_rank_right_sign"]
+        out.append({"covariate": name,
+                    "dataset_wide_share_chosen": float((wide["direction"] == "chosen").mean()),
+                    "dataset_wide_share_q05": float((wide["q"] <= 0.05).mean()),
+                    **{k: scored["headline"][k] for k in ("recall_top10", "recall_top20", "precision_top10",
+                                                          "precision_top20")},
+                    "best_rank_right_sign": {c: (None if pd.isna(ranks[c]) else int(ranks[c]))
+                                             for c in RECALL_CONCEPTS}})
+    return out
+
+
 def run_bench(quick: bool = True) -> dict:
     """``benchmarks/bench_contrast.py`` in a subprocess; its JSON line."""
     cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_contrast.py")] + (["--quick"] if quick else [])
@@ -496,7 +533,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--k-prompt", type=int, default=None, help="prompt clusters (default round(sqrt(prompts/2)))")
     ap.add_argument("--tau", type=float, default=0.01)
     ap.add_argument("--n-boot", type=int, default=1000)
-    ap.add_argument("--covariate", choices=("length", "none"), default="length")
+    ap.add_argument("--covariate", choices=COVARIATES, default=COVARIATES[0])
     ap.add_argument("--n-label-pairs", type=int, default=200, help="pairs streamed for labels (0: no labels)")
     ap.add_argument("--bench-full", action="store_true", help="bench_contrast at full size, not --quick")
     ap.add_argument("--no-bench", action="store_true")
@@ -558,6 +595,7 @@ def main(argv=None) -> dict:
     # ---- scoring: the ground truth, read only now
     t = time.perf_counter()
     scored = score_against_truth(pairs, features, disc, seed=args.seed)
+    sensitivity = covariate_sensitivity(pairs, features, disc, seed=args.seed)
     timings["score"] = time.perf_counter() - t
     bench = None
     if not args.no_bench:
@@ -586,6 +624,7 @@ def main(argv=None) -> dict:
         "links_on_resource_requests": scored["links"],
         "top20_global": top20,
         "detail": scored["detail"],
+        "covariate_sensitivity": sensitivity,
         "bench": bench,
         "definitions": {
             "unit": "one response (chosen and rejected of every pair; a response repeated under one prompt "
@@ -601,7 +640,7 @@ def main(argv=None) -> dict:
                                "the headline)",
             "controls_min_q": "min BH q (Wilcoxon) of table and horizontal_rule in paired_stats on annotator counts "
                               "(chosen vs rejected, 13 concepts)",
-            "global ranking": "rank_hypotheses: dataset-wide paired rows (u adjusted for the length gap) + "
+            "global ranking": f"rank_hypotheses: dataset-wide paired rows (u adjusted for: {args.covariate}) + "
                               "data-cluster in-vs-out rows, one row per concept cluster, passing rows first",
             "bench_ratio": "benchmarks/bench_contrast.py " + ("(full)" if args.bench_full else "--quick"),
         },
@@ -638,6 +677,7 @@ def main(argv=None) -> dict:
     print(json.dumps({k: record[k] for k in ("recall_top10", "recall_top20", "precision_top10", "precision_top20",
                                              "controls_min_q", "bench_ratio")}))
     print(json.dumps(record["links_on_resource_requests"], default=float))
+    print(pd.DataFrame(sensitivity).to_string(index=False))
     return record
 
 

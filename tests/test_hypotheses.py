@@ -194,7 +194,43 @@ def test_a_dataset_wide_effect_surfaces_in_rank_hypotheses_but_not_in_vs_out():
     adjusted = hy.rank_hypotheses(u, labels, conditional=conditional, covariates=bold.astype(float),
                                   n_boot=0, one_per_concept=False)
     row = adjusted[(adjusted["group"] == -1) & (adjusted["concept"] == 8)].iloc[0]
-    assert abs(row["delta"]) < 0.05 and "adjusted" in row["test"]
+    assert abs(row["delta"]) < 0.05 and row["test"].startswith("ols intercept (HC3)")
+
+
+def test_mean_disparity_lets_a_rejected_side_concept_show_under_a_common_shift():
+    """Degraded rejected responses fire fewer features of every kind: a per-pair shift that moves
+    all 30 concepts toward chosen. A concept planted on the rejected side in 15% of pairs then
+    leans chosen on average; adjusted for the pair's mean u it reads "rejected" again."""
+    rng = np.random.default_rng(11)
+    n, k = 1200, 30
+    shift = np.where(rng.random(n) < 0.5, 0.3, 0.0)  # half the rejected responses are degraded
+    U = shift[:, None] * (rng.random((n, k)) < 0.8) + rng.choice([-0.1, 0.0, 0.1], size=(n, k))
+    hedge = rng.random(n) < 0.15
+    U[hedge, 4] -= 0.6
+    u = pd.DataFrame(U)
+    md = hy.mean_disparity(u)
+    assert list(md.index) == list(u.index) and md.name == "mean_disparity"
+    np.testing.assert_allclose(md.to_numpy(), U.mean(axis=1), rtol=1e-12, atol=1e-15)
+    labels = np.full(n, -1)  # dataset-wide rows only
+    plain = hy.rank_hypotheses(u, labels, n_boot=0).set_index("concept")
+    assert (plain["direction"] == "chosen").mean() > 0.9  # the common shift makes almost all lean chosen
+    assert plain.loc[4, "direction"] == "chosen"
+    adjusted = hy.rank_hypotheses(u, labels, covariates=md.to_numpy(), n_boot=0).set_index("concept")
+    assert adjusted.loc[4, "direction"] == "rejected" and adjusted.loc[4, "q"] < 1e-6
+    assert adjusted.loc[4, "rank"] == 1
+    # the adjusted rows' p is the OLS intercept's t-test with HC3 standard errors (statsmodels)
+    import statsmodels.api as sm
+
+    X = np.column_stack([rng.standard_normal(n), md.to_numpy()])
+    two = hy.rank_hypotheses(u, labels, covariates=X, n_boot=0, redundancy=None).set_index("concept")
+    for m in (4, 7):
+        fit = sm.OLS(U[:, m], sm.add_constant(X)).fit(cov_type="HC3", use_t=True)
+        assert two.loc[m, "delta"] == pytest.approx(fit.params[0], rel=1e-9, abs=1e-12)
+        assert two.loc[m, "p"] == pytest.approx(fit.pvalues[0], rel=1e-6, abs=1e-300)
+    others = adjusted.drop(index=4)
+    assert (others["q"] > 0.05).mean() >= 0.8  # the shared shift is no longer a finding
+    with pytest.raises(ValueError, match="no concept columns"):
+        hy.mean_disparity(pd.DataFrame(index=range(3)))
 
 
 # ---------------------------------------------------------------- prompt-conditioned view
