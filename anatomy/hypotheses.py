@@ -553,9 +553,9 @@ def _adjust(U: np.ndarray, covariates) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"`covariates` must be finite with one row per pair ({n}), "
                          f"got shape {X.shape}")
     design = np.column_stack([np.ones(n), X])
-    coef, *_ = np.linalg.lstsq(design, U, rcond=None)  # [1 + p, k]
-    resid = U - design @ coef
     pinv = np.linalg.pinv(design)  # [1 + p, n]; row 0 maps u to the intercept
+    coef = pinv @ U  # [1 + p, k]: the least-squares fit of every concept at once
+    resid = U - design @ coef
     leverage = np.einsum("ij,ji->i", design, pinv)
     weight = (pinv[0] / (1.0 - np.minimum(leverage, 1 - 1e-12))) ** 2
     se = np.sqrt(weight @ resid ** 2)
