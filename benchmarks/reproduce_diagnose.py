@@ -155,6 +155,15 @@ def default_k(n: int) -> int:
     return max(2, int(round(math.sqrt(n / 2))))
 
 
+def covariate_matrix(name: str, lg: pd.Series, md: pd.Series) -> np.ndarray | None:
+    """The dataset-wide rows' covariates for adjustment ``name`` (one of COVARIATES):
+    columns of length gap and mean disparity, or None for no adjustment."""
+    if name not in COVARIATES:
+        raise ValueError(f"covariate must be one of {COVARIATES}, got {name!r}")
+    columns = {"none": [], "length": [lg], "length+mean_disparity": [lg, md]}[name]
+    return np.column_stack(columns) if columns else None
+
+
 def cluster_size_profile(clusters: pd.DataFrame) -> dict:
     member = clusters[clusters["cluster"] >= 0]
     sizes = member.groupby("cluster").size()
@@ -195,7 +204,7 @@ def discover(features, keys: list[str], *, resolution: float | None = None, k_da
     global_rows, ranked, prompt_rows, length_gap, mean_disparity and the settings used.
     covariate: the dataset-wide rows' adjustment, one of COVARIATES.
     """
-    if covariate not in COVARIATES:
+    if covariate not in COVARIATES:  # fail before the clustering
         raise ValueError(f"covariate must be one of {COVARIATES}, got {covariate!r}")
     from anatomy import cluster_features
     from anatomy.hypotheses import (data_clusters, global_hypotheses, length_gap, mean_disparity,
@@ -226,11 +235,10 @@ def discover(features, keys: list[str], *, resolution: float | None = None, k_da
     data_labels = data_clusters(s, k=k_data, seed=seed)
     u = signed_disparity(features, clusters, tau=tau)
     lg, md = length_gap(features), mean_disparity(u)
-    columns = {"none": [], "length": [lg], "length+mean_disparity": [lg, md]}[covariate]
     groups = np.asarray(keys, dtype=object)
     global_rows = global_hypotheses(u, data_labels, min_size=min_size, groups=groups, seed=seed)
     ranked = rank_hypotheses(u, data_labels, conditional=global_rows,
-                             covariates=np.column_stack(columns) if columns else None,
+                             covariates=covariate_matrix(covariate, lg, md),
                              min_size=min_size, groups=groups, seed=seed, n_boot=n_boot)
     prompt_labels = prompt_clusters(features, prompt_concepts, k=k_prompt, seed=seed)
     prompt_rows = prompt_conditioned_hypotheses(u, prompt_labels, min_size=min_size, groups=groups, seed=seed)
@@ -494,15 +502,13 @@ def covariate_sensitivity(pairs: list[dict], features, disc: dict, *, seed: int 
     from anatomy.hypotheses import length_gap, mean_disparity, rank_hypotheses
 
     u, groups = disc["u"], np.asarray(prompt_keys(pairs), dtype=object)
-    columns = {"none": [], "length": [length_gap(features)],
-               "length+mean_disparity": [length_gap(features), mean_disparity(u)]}
+    lg, md = length_gap(features), mean_disparity(u)
     out = []
     for name in COVARIATES:
-        ranked = rank_hypotheses(u, disc["data_labels"], conditional=disc["global_rows"],
-                                 covariates=np.column_stack(columns[name]) if columns[name] else None,
+        cov = covariate_matrix(name, lg, md)
+        ranked = rank_hypotheses(u, disc["data_labels"], conditional=disc["global_rows"], covariates=cov,
                                  groups=groups, seed=seed, n_boot=0)
-        wide = rank_hypotheses(u, np.full(len(u), -1), covariates=np.column_stack(columns[name])
-                               if columns[name] else None, groups=groups, seed=seed, n_boot=0)
+        wide = rank_hypotheses(u, np.full(len(u), -1), covariates=cov, groups=groups, seed=seed, n_boot=0)
         scored = score_against_truth(pairs, features, dict(disc, ranked=ranked), seed=seed)
         ranks = scored["per_concept"].set_index("concept")["best_global_rank_right_sign"]
         out.append({"covariate": name,
