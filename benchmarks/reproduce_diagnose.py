@@ -62,6 +62,8 @@ runs after discovery has returned):
     (`anatomy.concepts.annotate`) of chosen vs rejected, over the 13 concepts. The controls
     are text concepts, so the annotators measure them exactly; this is a test of the
     statistics (does a concept that varies without a preference stay insignificant?);
+  - lens coverage (``lens_coverage``, in the per-concept table): the best single feature per
+    concept and whether the concept is lost at the SAE, the clustering or the ranking;
   - links on resource requests: the url-matching concept clusters' Δ in the prompt clusters
     that are mostly ``resource`` prompts, against the same clusters' dataset-wide effect
     and best global rank;
@@ -436,9 +438,47 @@ def score_against_truth(pairs: list[dict], features, disc: dict, *, tops=(10, 20
                             "effect": float(r["delta"]), "q": float(r["q"]), "replicated": bool(r["replicated"]),
                             "best_concept": r["best_concept"]} for _, r in rows_c.iterrows()]
     links = links_on_resource_requests(pairs_df, disc, auc, ranked)
+    coverage = lens_coverage(features, clusters, units, rows, auc, per_concept, top=max(tops))
+    per_concept = per_concept.merge(coverage, on="concept", how="left")
     return {"headline": headline, "detail": detail, "per_concept": per_concept, "links": links,
             "controls_sae": controls_sae,
             "ranked": ranked, "prompt_top": prompt_top, "auroc": auc, "annotator_stats": stats.reset_index()}
+
+
+def lens_coverage(features, clusters: pd.DataFrame, units: pd.DataFrame, rows: np.ndarray,
+                  auc: pd.DataFrame, per_concept: pd.DataFrame, *, top: int = 20) -> pd.DataFrame:
+    """GROUND TRUTH. Where a concept is lost, if it is: does the SAE have a feature for it, does
+    the clustering keep that feature in a cluster whose score still reads the concept, and does
+    the ranking put a matching cluster in the top ``top``?
+
+    Per concept: the single feature whose firing frequency reads it best (AUROC over the same
+    response units as the cluster match), that feature's concept cluster (-1: unclustered) and
+    the cluster's own AUROC for the concept, the number of features with AUROC >= 0.8, and
+    ``lost_at``: "sae" (no feature reaches 0.8), "clustering" (a feature does, no cluster
+    does), "ranking" (a cluster matches, no right-sign row in the top ``top``) or "" (found, or
+    a 0% control, which no row should find).
+    """
+    import scipy.sparse as sp
+
+    F = sp.vstack([features.freq["chosen"], features.freq["rejected"]]).tocsr()[rows]
+    live = np.flatnonzero(np.asarray((F > 0).sum(0)).ravel() > 0)
+    feat_auc = auroc_matrix(F[:, live].toarray(), units[list(CONCEPTS)])
+    member = clusters.set_index("feature")["cluster"]
+    out = []
+    for c in CONCEPTS:
+        a = feat_auc[c].to_numpy()
+        best = int(live[int(np.nanargmax(a))])
+        cl = int(member.at[best])
+        row = per_concept.set_index("concept").loc[c]
+        rank = row["best_global_rank_right_sign"]
+        lost = ("" if c in CONTROLS else "sae" if np.nanmax(a) < AUROC_MATCH else "clustering" if row["best_cluster_auroc"] < AUROC_MATCH
+                else "ranking" if rank is None or pd.isna(rank) or rank > top else "")
+        out.append({"concept": c, "best_feature": best, "best_feature_auroc": float(np.nanmax(a)),
+                    "best_feature_cluster": cl,
+                    "best_feature_cluster_auroc": float(auc.at[cl, c]) if cl >= 0 else None,
+                    "n_features_auroc_ge_match": int((a >= AUROC_MATCH).sum()),
+                    "lost_at": lost})
+    return pd.DataFrame(out)
 
 
 def links_on_resource_requests(pairs_df: pd.DataFrame, disc: dict, auc: pd.DataFrame, ranked: pd.DataFrame) -> dict:
@@ -485,8 +525,15 @@ def links_on_resource_requests(pairs_df: pd.DataFrame, disc: dict, auc: pd.DataF
     out["global_much_weaker"] = bool(abs(raw_mean) * 3 <= float(best["delta"])
                                       and (out["global_rank"] is None or out["global_rank"] > 20))
     # the same question for every url-matching cluster: the best global rank any of them reaches
-    url_ranks = ranked.loc[ranked["concept"].isin(url_clusters), "rank"]
-    out["best_global_rank_any_url_cluster"] = int(url_ranks.min()) if len(url_ranks) else None
+    url_rows = ranked[ranked["concept"].isin(url_clusters)]
+    out["best_global_rank_any_url_cluster"] = int(url_rows["rank"].min()) if len(url_rows) else None
+    if len(url_rows):  # that row's effect, in the global ranking's own units (adjusted u)
+        r = url_rows.sort_values("rank").iloc[0]
+        out.update(best_global_url_row={"concept_cluster": int(r["concept"]), "rank": int(r["rank"]),
+                                        "scope": "all pairs" if r["group"] == -1 else f"data cluster {int(r['group'])}",
+                                        "effect": float(r["delta"]), "q": float(r["q"])},
+                   ratio_prompt_to_best_global_url_row=float(best["delta"]) / abs(float(r["delta"]))
+                   if r["delta"] else float("inf"))
     out["definition"] = ("finds_links: the best (resource prompt cluster, url-matching concept cluster) row of "
                          "the prompt view has direction chosen, q <= 0.05 and replicates; global_much_weaker: "
                          "its Δ is >= 3x the cluster's dataset-wide mean u and the cluster is not in the global "
@@ -679,7 +726,8 @@ def main(argv=None) -> dict:
         print(table[table.view == "global"].head(20)[shown].round(3).to_string(index=False))
         print(scored["per_concept"][["concept", "truth_rate", "annotator_mean_gap", "annotator_q_wilcoxon",
                                      "best_cluster", "best_cluster_auroc", "n_matching_clusters",
-                                     "best_global_rank_right_sign"]].round(3).to_string(index=False))
+                                     "best_global_rank_right_sign", "best_feature", "best_feature_auroc",
+                                     "best_feature_cluster", "lost_at"]].round(3).to_string(index=False))
     print(json.dumps({k: record[k] for k in ("recall_top10", "recall_top20", "precision_top10", "precision_top20",
                                              "controls_min_q", "bench_ratio")}))
     print(json.dumps(record["links_on_resource_requests"], default=float))
