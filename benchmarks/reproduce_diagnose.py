@@ -464,15 +464,16 @@ def lens_coverage(features, clusters: pd.DataFrame, units: pd.DataFrame, rows: n
     live = np.flatnonzero(np.asarray((F > 0).sum(0)).ravel() > 0)
     feat_auc = auroc_matrix(F[:, live].toarray(), units[list(CONCEPTS)])
     member = clusters.set_index("feature")["cluster"]
+    found = per_concept.set_index("concept")
     out = []
     for c in CONCEPTS:
         a = feat_auc[c].to_numpy()
         best = int(live[int(np.nanargmax(a))])
         cl = int(member.at[best])
-        row = per_concept.set_index("concept").loc[c]
-        rank = row["best_global_rank_right_sign"]
-        lost = ("" if c in CONTROLS else "sae" if np.nanmax(a) < AUROC_MATCH else "clustering" if row["best_cluster_auroc"] < AUROC_MATCH
-                else "ranking" if rank is None or pd.isna(rank) or rank > top else "")
+        rank = found.at[c, "best_global_rank_right_sign"]
+        lost = ("" if c in CONTROLS else "sae" if np.nanmax(a) < AUROC_MATCH
+                else "clustering" if found.at[c, "best_cluster_auroc"] < AUROC_MATCH
+                else "ranking" if pd.isna(rank) or rank > top else "")
         out.append({"concept": c, "best_feature": best, "best_feature_auroc": float(np.nanmax(a)),
                     "best_feature_cluster": cl,
                     "best_feature_cluster_auroc": float(auc.at[cl, c]) if cl >= 0 else None,
