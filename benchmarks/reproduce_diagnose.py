@@ -580,6 +580,7 @@ def run_bench(quick: bool = True) -> dict:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-train", type=int, default=None, help="train pairs (default: all 2,270)")
+    ap.add_argument("--sae", default=None, help="load_sae(name): a shipped SAE or a directory (default: shipped)")
     ap.add_argument("--features-dir", default=str(ROOT / "results" / "features"),
                     help="reuse / save PairFeatures here (<split>-n<n|all>-seed<seed>-sae<fingerprint>)")
     ap.add_argument("--resolution", type=float, default=None, help="Leiden resolution (default: the size rule)")
@@ -608,7 +609,7 @@ def main(argv=None) -> dict:
 
     t_all = time.perf_counter()
     timings = {}
-    sae = load_sae()
+    sae = load_sae(args.sae)
     fp = sae_fingerprint(sae)
     loaded = {}
 
@@ -699,7 +700,7 @@ def main(argv=None) -> dict:
             "bench_ratio": "benchmarks/bench_contrast.py " + ("(full)" if args.bench_full else "--quick"),
         },
         "settings": {**{k: v for k, v in st.items() if k != "resolution_profile"},
-                     "sae_fingerprint": fp, "features_cache": str(cache) if cache else None,
+                     "sae": args.sae or "shipped", "sae_fingerprint": fp, "features_cache": str(cache) if cache else None,
                      "features_reused": reused, "threads": torch.get_num_threads(),
                      "n_label_pairs": args.n_label_pairs},
         "resolution_profile": st["resolution_profile"],
