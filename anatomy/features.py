@@ -251,11 +251,34 @@ def nmi_matrix(binary: sp.spmatrix | np.ndarray, *, block: int = 1024) -> np.nda
     return out
 
 
+def _knn_edges(nmi: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Union-symmetrised k-nearest-neighbour edges of a similarity matrix [n, n].
+
+    Each row keeps its ``k`` largest off-diagonal entries that are > 0; an edge (i, j),
+    i < j, is kept when j is among i's neighbours or i among j's. Returns (i, j, weight).
+    """
+    n = nmi.shape[0]
+    k = min(k, n - 1)
+    sim = nmi.copy()
+    np.fill_diagonal(sim, -np.inf)
+    nbr = np.argpartition(-sim, k - 1, axis=1)[:, :k]  # [n, k]
+    rows = np.repeat(np.arange(n), k)
+    cols = nbr.ravel()
+    w = sim[rows, cols]
+    ok = w > 0
+    i, j = np.minimum(rows[ok], cols[ok]), np.maximum(rows[ok], cols[ok])
+    key = np.unique(i.astype(np.int64) * n + j)
+    i, j = key // n, key % n
+    return i, j, nmi[i, j]
+
+
 def cluster_features(
     features: PairFeatures,
     *,
     span: str | Sequence[str] = ("chosen", "rejected"),
     top_percentile: float = 99.0,
+    graph: str = "threshold",
+    n_neighbors: int = 15,
     min_size: int = 4,
     min_fires: int = 5,
     resolution: float = 1.0,
@@ -266,34 +289,48 @@ def cluster_features(
     1. Binary firing per pair-span (``freq > 0``) over ``span``.
     2. NMI between every two features firing in at least ``min_fires`` pair-spans
        (and not in all of them), vectorised from co-occurrence counts (``nmi_matrix``).
-    3. The top ``100 - top_percentile`` % of feature pairs by NMI become weighted
-       edges; Leiden (``leidenalg.RBConfigurationVertexPartition``, ``resolution``,
-       ``seed``) finds communities; clusters smaller than ``min_size`` are dropped.
+    3. A weighted graph (weight = NMI). ``graph="threshold"`` (METHOD §3.3, the default):
+       the top ``100 - top_percentile`` % of feature pairs by NMI. ``graph="knn"``: each
+       feature's ``n_neighbors`` highest-NMI partners, union-symmetrised, so that a few
+       hub features with many strong partners cannot take every edge around them.
+    4. Leiden (``leidenalg.RBConfigurationVertexPartition``, ``resolution``, ``seed``)
+       finds communities; clusters smaller than ``min_size`` are dropped.
 
     Returns:
         DataFrame with one row per feature (``d_sae`` rows): ``feature``,
         ``cluster`` (0, 1, ... by decreasing size; -1 unclustered), ``n_fires``,
         ``cluster_size`` (0 if unclustered). ``attrs["nmi_threshold"]`` holds the
-        edge threshold, ``attrs["n_candidates"]`` the features considered.
+        edge threshold (the smallest kept NMI for ``"knn"``), ``attrs["n_candidates"]``
+        the features considered, ``attrs["graph"]`` and ``attrs["n_edges"]`` the graph.
     """
     import igraph as ig
     import leidenalg
 
+    if graph not in ("threshold", "knn"):
+        raise ValueError(f"graph must be 'threshold' or 'knn', got {graph!r}")
+    if graph == "knn" and n_neighbors < 1:
+        raise ValueError(f"n_neighbors must be >= 1, got {n_neighbors}")
     B = firing_matrix(features, span)
     n_rows, d_sae = B.shape
     n_fires = np.asarray(B.sum(0)).ravel().astype(np.int64)
     cand = np.flatnonzero((n_fires >= min_fires) & (n_fires < n_rows))
     cluster = np.full(d_sae, -1, dtype=np.int64)
-    threshold = float("nan")
+    threshold, n_edges = float("nan"), 0
     if len(cand) >= 2:
         nmi = nmi_matrix(B[:, cand])
-        iu, ju = np.triu_indices(len(cand), k=1)
-        vals = nmi[iu, ju]
+        if graph == "threshold":
+            iu, ju = np.triu_indices(len(cand), k=1)
+            vals = nmi[iu, ju]
+            threshold = float(np.percentile(vals, top_percentile))
+            keep = (vals > threshold) & (vals > 0)  # threshold 0: fewer pairs than asked carry any information
+            iu, ju, vals = iu[keep], ju[keep], vals[keep]
+        else:
+            iu, ju, vals = _knn_edges(nmi, n_neighbors)
+            threshold = float(vals.min()) if len(vals) else float("nan")
         del nmi
-        threshold = float(np.percentile(vals, top_percentile))
-        keep = (vals > threshold) & (vals > 0)  # threshold 0: fewer pairs than asked carry any information
-        g = ig.Graph(n=len(cand), edges=np.column_stack([iu[keep], ju[keep]]).tolist())
-        g.es["weight"] = vals[keep].astype(float).tolist()
+        n_edges = int(len(vals))
+        g = ig.Graph(n=len(cand), edges=np.column_stack([iu, ju]).tolist())
+        g.es["weight"] = vals.astype(float).tolist()
         part = leidenalg.find_partition(g, leidenalg.RBConfigurationVertexPartition, weights="weight",
                                         resolution_parameter=resolution, seed=seed)
         memb = np.asarray(part.membership)
@@ -304,7 +341,8 @@ def cluster_features(
     sizes = np.bincount(cluster[cluster >= 0], minlength=max(0, cluster.max() + 1))
     df = pd.DataFrame({"feature": np.arange(d_sae), "cluster": cluster, "n_fires": n_fires,
                        "cluster_size": np.where(cluster >= 0, sizes[np.maximum(cluster, 0)] if len(sizes) else 0, 0)})
-    df.attrs.update({"nmi_threshold": threshold, "n_candidates": int(len(cand)), "span": list(_as_span_tuple(span))})
+    df.attrs.update({"nmi_threshold": threshold, "n_candidates": int(len(cand)), "graph": graph, "n_edges": n_edges,
+                     "span": list(_as_span_tuple(span))})
     return df
 
 

@@ -10,15 +10,16 @@ group pairs that share a prompt for split-half replication; the prompt *text*, n
 
   1. concept clusters T_m (`cluster_features`, NMI graph + Leiden) on the response spans,
      and prompt-concept clusters on the prompt span, at one Leiden resolution chosen by a
-     ground-truth-free rule (``choose_resolution``, below);
+     ground-truth-free rule (``choose_resolution``, below); the graph joins each feature to
+     its 15 highest-NMI partners (``--graph knn``) rather than METHOD's top 1% of all
+     feature pairs (``--graph threshold``);
   2. global view: symmetric activity s, silent bucket + spherical k-means data clusters
      B_k, signed disparity u (τ = 0.01), in-vs-out Δ with Welch tests and grouped split
      halves (`global_hypotheses`), and one ranking with the dataset-wide paired rows
-     (`rank_hypotheses`, u adjusted for two per-pair covariates: the length gap
-     (`length_gap`: chosen is longer, and longer responses fire more features) and the
-     pair's mean u over all concept clusters (`mean_disparity`: the rejected responses are
-     degraded, so nearly every concept leans chosen; the adjusted rows read each concept
-     beyond that common shift, as the in-vs-out Δ does for data clusters));
+     (`rank_hypotheses`, u adjusted for the length gap (`length_gap`: chosen is longer,
+     and longer responses fire more features); ``--covariate length+mean_disparity`` also
+     adjusts for the pair's mean u over all concept clusters (`mean_disparity`, the common
+     shift of degraded rejected responses), which absorbs sentence-adding concepts);
   3. prompt-conditioned view: prompt clusters A_k (`prompt_clusters` on the prompt-concept
      clusters) and A_k ⇝ T_m (`prompt_conditioned_hypotheses`);
   4. offline navigation labels of the top clusters (`label_clusters`; never used by a test).
@@ -30,7 +31,10 @@ Defaults are fixed by ground-truth-free rules, stated once here and recorded in 
     largest response-concept cluster holds at most 5% of the clustered features (no
     catch-all cluster that mixes unrelated features, as resolution 1 gives on this SAE),
     so it is chosen from cluster sizes alone; ``--resolution`` overrides it;
-  - τ = 0.01, min data-cluster size 10, n_boot 1000, α = 0.05 (the library's defaults).
+  - τ = 0.01, min data-cluster size 10, n_boot 1000, α = 0.05 (the library's defaults);
+  - the graph (knn) and the adjustment (length) were chosen on a second organism built with
+    seed 1 (``--organism DIR``), by the rule in ``benchmarks/dev_protocol.md`` written before
+    any of its results, and only then run on the shipped organism (seed 0).
 
 SCORING (``score_against_truth``, the only function that reads the organism's ground-truth
 columns ``<concept>_chosen`` / ``<concept>_rejected``, ``family`` and ``rejected_kind``; it
@@ -82,6 +86,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import subprocess
@@ -102,18 +107,20 @@ REJECTED_KINDS = ("truncated", "repetitive", "off_topic")
 RESOLUTION_GRID = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 MAX_CLUSTER_SHARE = 0.05
 AUROC_MATCH = 0.8
-COVARIATES = ("length+mean_disparity", "length", "none")  # the dataset-wide rows' adjustment
+COVARIATES = ("length", "length+mean_disparity", "none")  # the dataset-wide rows' adjustment
+GRAPHS = ("knn", "threshold")  # cluster_features' graph: 15 nearest neighbours by NMI, or METHOD's top 1% of pairs
 
 
 # ============================================================================ data and features
-def sample_pairs(split: str, n: int | None, seed: int) -> list[dict]:
+def sample_pairs(split: str, n: int | None, seed: int, source: str = "organism") -> list[dict]:
     """``n`` pairs of the organism's ``split``: a seeded random subset kept in file order (all if None).
 
     The same subset as ``benchmarks/lens_auroc.py`` draws, so their feature caches are shared.
+    source: ``"organism"`` (the shipped one) or a folder holding another build's split files.
     """
     from anatomy import load_preferences
 
-    ds = load_preferences("organism", split=split)
+    ds = load_preferences(source, split=split)
     idx = np.arange(len(ds))
     if n is not None and n < len(ds):
         idx = np.sort(np.random.default_rng(seed).permutation(len(ds))[:n])
@@ -177,7 +184,7 @@ def cluster_size_profile(clusters: pd.DataFrame) -> dict:
 
 
 def choose_resolution(features, *, grid=RESOLUTION_GRID, max_share: float = MAX_CLUSTER_SHARE,
-                      seed: int = 0) -> tuple[float, pd.DataFrame, pd.DataFrame]:
+                      graph: str = GRAPHS[0], seed: int = 0) -> tuple[float, pd.DataFrame, pd.DataFrame]:
     """The smallest resolution on ``grid`` whose largest cluster holds <= ``max_share`` of the
     clustered features (ground-truth free: cluster sizes only). Returns (resolution, the
     clusters at it, the size profile of every resolution tried)."""
@@ -185,7 +192,7 @@ def choose_resolution(features, *, grid=RESOLUTION_GRID, max_share: float = MAX_
 
     rows, chosen = [], None
     for r in grid:
-        cl = cluster_features(features, resolution=r, seed=seed)
+        cl = cluster_features(features, resolution=r, graph=graph, seed=seed)
         prof = cluster_size_profile(cl)
         rows.append({"resolution": r, **prof})
         if prof["max_share"] <= max_share:
@@ -198,13 +205,14 @@ def choose_resolution(features, *, grid=RESOLUTION_GRID, max_share: float = MAX_
 
 def discover(features, keys: list[str], *, resolution: float | None = None, k_data: int | None = None,
              k_prompt: int | None = None, tau: float = 0.01, min_size: int = 10, n_boot: int = 1000,
-             covariate: str = "length+mean_disparity", seed: int = 0) -> dict:
+             covariate: str = COVARIATES[0], graph: str = GRAPHS[0], seed: int = 0) -> dict:
     """The whole diagnosis from activations: clusters, both views, the ranked tables.
 
     features: `PairFeatures` of the pairs; keys: one prompt key per pair (`prompt_keys`).
     Returns a dict with clusters, prompt_concepts, u, s, data_labels, prompt_labels,
     global_rows, ranked, prompt_rows, length_gap, mean_disparity and the settings used.
     covariate: the dataset-wide rows' adjustment, one of COVARIATES.
+    graph: the feature graph of `cluster_features` ("threshold" or "knn"), for both spans.
     """
     if covariate not in COVARIATES:  # fail before the clustering
         raise ValueError(f"covariate must be one of {COVARIATES}, got {covariate!r}")
@@ -216,14 +224,14 @@ def discover(features, keys: list[str], *, resolution: float | None = None, k_da
     timings = {}
     t = time.perf_counter()
     if resolution is None:
-        resolution, clusters, profile = choose_resolution(features, seed=seed)
+        resolution, clusters, profile = choose_resolution(features, graph=graph, seed=seed)
         rule = (f"smallest of {list(RESOLUTION_GRID)} with largest cluster <= {MAX_CLUSTER_SHARE:.0%} "
                 "of clustered features")
     else:
-        clusters = cluster_features(features, resolution=resolution, seed=seed)
+        clusters = cluster_features(features, resolution=resolution, graph=graph, seed=seed)
         profile = pd.DataFrame([{"resolution": resolution, **cluster_size_profile(clusters)}])
         rule = "given (--resolution)"
-    prompt_concepts = cluster_features(features, span="prompt", resolution=resolution, seed=seed)
+    prompt_concepts = cluster_features(features, span="prompt", resolution=resolution, graph=graph, seed=seed)
     if not (prompt_concepts["cluster"] >= 0).any():  # a handful of prompts: NMI ties leave no edge
         prompt_concepts = clusters
     timings["clusters"] = time.perf_counter() - t
@@ -247,7 +255,8 @@ def discover(features, keys: list[str], *, resolution: float | None = None, k_da
     timings["hypotheses"] = time.perf_counter() - t
     settings = {"resolution": resolution, "resolution_rule": rule, "k_data": k_data, "k_prompt": k_prompt,
                 "k_rule": "round(sqrt(n / 2)), n = pairs (data) or distinct prompts (prompt clusters)",
-                "tau": tau, "min_size": min_size, "n_boot": n_boot, "covariate": covariate, "seed": seed,
+                "tau": tau, "min_size": min_size, "n_boot": n_boot, "covariate": covariate, "graph": graph,
+                "seed": seed,
                 "n_pairs": n, "n_prompts": n_prompts,
                 "concept_clusters": cluster_size_profile(clusters),
                 "prompt_concept_clusters": cluster_size_profile(prompt_concepts),
@@ -589,6 +598,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--tau", type=float, default=0.01)
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--covariate", choices=COVARIATES, default=COVARIATES[0])
+    ap.add_argument("--graph", choices=GRAPHS, default=GRAPHS[0],
+                    help="cluster_features' feature graph (see benchmarks/dev_protocol.md)")
+    ap.add_argument("--organism", default="organism",
+                    help="'organism' (the shipped build) or a folder of another build's split files (the dev organism)")
     ap.add_argument("--n-label-pairs", type=int, default=200, help="pairs streamed for labels (0: no labels)")
     ap.add_argument("--bench-full", action="store_true", help="bench_contrast at full size, not --quick")
     ap.add_argument("--no-bench", action="store_true")
@@ -618,10 +631,13 @@ def main(argv=None) -> dict:
             loaded["model"] = load_model()
         return loaded["model"], sae
 
-    pairs = sample_pairs("train", args.n_train, args.seed)
+    pairs = sample_pairs("train", args.n_train, args.seed, source=args.organism)
     cache = None
     if args.features_dir:
-        cache = Path(args.features_dir).expanduser() / f"train-n{args.n_train or 'all'}-seed{args.seed}-sae{fp}"
+        name = f"train-n{args.n_train or 'all'}-seed{args.seed}-sae{fp}"
+        if args.organism != "organism":  # another build reuses the ids: key its cache by content
+            name += "-data" + hashlib.sha1(json.dumps([discovery_view(p) for p in pairs]).encode()).hexdigest()[:10]
+        cache = Path(args.features_dir).expanduser() / name
     features, seconds, reused = load_or_compute_features(pairs, cache, model_sae=model_sae,
                                                          progress=not args.no_progress)
     timings["features"] = seconds
@@ -632,7 +648,7 @@ def main(argv=None) -> dict:
     t = time.perf_counter()
     disc = discover(features, prompt_keys([discovery_view(p) for p in pairs]), resolution=args.resolution,
                     k_data=args.k_data, k_prompt=args.k_prompt, tau=args.tau, n_boot=args.n_boot,
-                    covariate=args.covariate, seed=args.seed)
+                    covariate=args.covariate, graph=args.graph, seed=args.seed)
     timings["discover"] = time.perf_counter() - t
     timings.update({f"discover_{k}": v for k, v in disc["timings"].items()})
     st = disc["settings"]
@@ -700,7 +716,7 @@ def main(argv=None) -> dict:
             "bench_ratio": "benchmarks/bench_contrast.py " + ("(full)" if args.bench_full else "--quick"),
         },
         "settings": {**{k: v for k, v in st.items() if k != "resolution_profile"},
-                     "sae": args.sae or "shipped", "sae_fingerprint": fp, "features_cache": str(cache) if cache else None,
+                     "sae": args.sae or "shipped", "sae_fingerprint": fp, "organism": args.organism, "features_cache": str(cache) if cache else None,
                      "features_reused": reused, "threads": torch.get_num_threads(),
                      "n_label_pairs": args.n_label_pairs},
         "resolution_profile": st["resolution_profile"],

@@ -127,6 +127,38 @@ def _planted(n_pairs=400, d_sae=64, groups=((0, 1, 2, 3, 4), (10, 11, 12, 13), (
     return PairFeatures(ids, {s: m.copy() for s, m in mats.items()}, mats, n, None, d_sae), groups
 
 
+def test_knn_edges_keep_each_rows_nearest_neighbours_symmetrised():
+    from anatomy.features import _knn_edges
+
+    rng = np.random.default_rng(0)
+    a = rng.random((30, 30))
+    sim = (a + a.T) / 2
+    sim[0, 1:] = sim[1:, 0] = 0.0  # feature 0 shares no information: no edge of its own
+    i, j, w = _knn_edges(sim, 3)
+    assert np.all(i < j) and len(set(zip(i, j))) == len(i)
+    np.testing.assert_allclose(w, sim[i, j])
+    edges = set(zip(i.tolist(), j.tolist()))
+    assert not any(0 in e for e in edges)
+    for r in range(1, 30):
+        row = sim[r].copy()
+        row[[0, r]] = -np.inf
+        for c in np.argsort(-row)[:3]:  # each row's 3 nearest are kept (ties are measure-zero here)
+            assert (min(r, c), max(r, c)) in edges
+    assert len(edges) <= 29 * 3
+
+
+def test_cluster_features_knn_graph_keeps_planted_groups_apart():
+    feats, groups = _planted()
+    df = cluster_features(feats, graph="knn", n_neighbors=3, min_size=4, min_fires=5, seed=0)
+    assert df.attrs["graph"] == "knn" and df.attrs["n_edges"] > 0
+    for g in groups:  # each planted group lands in one cluster, and no cluster holds two groups
+        labels = set(df.loc[df.feature.isin(g), "cluster"])
+        assert len(labels) == 1 and labels != {-1}
+    assert len({df.loc[df.feature == g[0], "cluster"].item() for g in groups}) == len(groups)
+    with pytest.raises(ValueError, match="graph"):
+        cluster_features(feats, graph="mutual")
+
+
 def test_cluster_features_recovers_planted_groups():
     feats, groups = _planted()
     df = cluster_features(feats, top_percentile=98.5, min_size=4, min_fires=5, seed=0)
