@@ -184,7 +184,8 @@ def cluster_size_profile(clusters: pd.DataFrame) -> dict:
 
 
 def choose_resolution(features, *, grid=RESOLUTION_GRID, max_share: float = MAX_CLUSTER_SHARE,
-                      graph: str = GRAPHS[0], seed: int = 0) -> tuple[float, pd.DataFrame, pd.DataFrame]:
+                      graph: str = GRAPHS[0], n_neighbors: int = 15,
+                      seed: int = 0) -> tuple[float, pd.DataFrame, pd.DataFrame]:
     """The smallest resolution on ``grid`` whose largest cluster holds <= ``max_share`` of the
     clustered features (ground-truth free: cluster sizes only). Returns (resolution, the
     clusters at it, the size profile of every resolution tried)."""
@@ -192,7 +193,7 @@ def choose_resolution(features, *, grid=RESOLUTION_GRID, max_share: float = MAX_
 
     rows, chosen = [], None
     for r in grid:
-        cl = cluster_features(features, resolution=r, graph=graph, seed=seed)
+        cl = cluster_features(features, resolution=r, graph=graph, n_neighbors=n_neighbors, seed=seed)
         prof = cluster_size_profile(cl)
         rows.append({"resolution": r, **prof})
         if prof["max_share"] <= max_share:
@@ -205,14 +206,15 @@ def choose_resolution(features, *, grid=RESOLUTION_GRID, max_share: float = MAX_
 
 def discover(features, keys: list[str], *, resolution: float | None = None, k_data: int | None = None,
              k_prompt: int | None = None, tau: float = 0.01, min_size: int = 10, n_boot: int = 1000,
-             covariate: str = COVARIATES[0], graph: str = GRAPHS[0], seed: int = 0) -> dict:
+             covariate: str = COVARIATES[0], graph: str = GRAPHS[0], n_neighbors: int = 15,
+             seed: int = 0) -> dict:
     """The whole diagnosis from activations: clusters, both views, the ranked tables.
 
     features: `PairFeatures` of the pairs; keys: one prompt key per pair (`prompt_keys`).
     Returns a dict with clusters, prompt_concepts, u, s, data_labels, prompt_labels,
     global_rows, ranked, prompt_rows, length_gap, mean_disparity and the settings used.
     covariate: the dataset-wide rows' adjustment, one of COVARIATES.
-    graph: the feature graph of `cluster_features` ("threshold" or "knn"), for both spans.
+    graph, n_neighbors: the feature graph of `cluster_features` ("knn" or "threshold"), for both spans.
     """
     if covariate not in COVARIATES:  # fail before the clustering
         raise ValueError(f"covariate must be one of {COVARIATES}, got {covariate!r}")
@@ -224,14 +226,16 @@ def discover(features, keys: list[str], *, resolution: float | None = None, k_da
     timings = {}
     t = time.perf_counter()
     if resolution is None:
-        resolution, clusters, profile = choose_resolution(features, graph=graph, seed=seed)
+        resolution, clusters, profile = choose_resolution(features, graph=graph, n_neighbors=n_neighbors, seed=seed)
         rule = (f"smallest of {list(RESOLUTION_GRID)} with largest cluster <= {MAX_CLUSTER_SHARE:.0%} "
                 "of clustered features")
     else:
-        clusters = cluster_features(features, resolution=resolution, graph=graph, seed=seed)
+        clusters = cluster_features(features, resolution=resolution, graph=graph, n_neighbors=n_neighbors,
+                                    seed=seed)
         profile = pd.DataFrame([{"resolution": resolution, **cluster_size_profile(clusters)}])
         rule = "given (--resolution)"
-    prompt_concepts = cluster_features(features, span="prompt", resolution=resolution, graph=graph, seed=seed)
+    prompt_concepts = cluster_features(features, span="prompt", resolution=resolution, graph=graph,
+                                       n_neighbors=n_neighbors, seed=seed)
     if not (prompt_concepts["cluster"] >= 0).any():  # a handful of prompts: NMI ties leave no edge
         prompt_concepts = clusters
     timings["clusters"] = time.perf_counter() - t
@@ -256,6 +260,7 @@ def discover(features, keys: list[str], *, resolution: float | None = None, k_da
     settings = {"resolution": resolution, "resolution_rule": rule, "k_data": k_data, "k_prompt": k_prompt,
                 "k_rule": "round(sqrt(n / 2)), n = pairs (data) or distinct prompts (prompt clusters)",
                 "tau": tau, "min_size": min_size, "n_boot": n_boot, "covariate": covariate, "graph": graph,
+                "n_neighbors": n_neighbors if graph == "knn" else None,
                 "seed": seed,
                 "n_pairs": n, "n_prompts": n_prompts,
                 "concept_clusters": cluster_size_profile(clusters),
@@ -600,6 +605,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--covariate", choices=COVARIATES, default=COVARIATES[0])
     ap.add_argument("--graph", choices=GRAPHS, default=GRAPHS[0],
                     help="cluster_features' feature graph (see benchmarks/dev_protocol.md)")
+    ap.add_argument("--n-neighbors", type=int, default=15, help="neighbours per feature of the knn graph")
     ap.add_argument("--organism", default="organism",
                     help="'organism' (the shipped build) or a folder of another build's split files (the dev organism)")
     ap.add_argument("--n-label-pairs", type=int, default=200, help="pairs streamed for labels (0: no labels)")
@@ -648,7 +654,8 @@ def main(argv=None) -> dict:
     t = time.perf_counter()
     disc = discover(features, prompt_keys([discovery_view(p) for p in pairs]), resolution=args.resolution,
                     k_data=args.k_data, k_prompt=args.k_prompt, tau=args.tau, n_boot=args.n_boot,
-                    covariate=args.covariate, graph=args.graph, seed=args.seed)
+                    covariate=args.covariate, graph=args.graph,
+                    n_neighbors=args.n_neighbors, seed=args.seed)
     timings["discover"] = time.perf_counter() - t
     timings.update({f"discover_{k}": v for k, v in disc["timings"].items()})
     st = disc["settings"]
