@@ -35,8 +35,8 @@ _EXPORTS = {
                "evaluate_direction", "fit_probe", "heldout_auroc", "last_token_activations", "project",
                "project_spans", "refusal_direction"],
     "saes": ["collect_activations", "load_sae", "sae_metrics", "train_sae"],
-    "features": ["PairFeatures", "cluster_features", "cluster_scores", "feature_summaries", "label_clusters",
-                 "label_features"],
+    "features": ["PairFeatures", "cluster_features", "cluster_features_sweep", "cluster_scores", "feature_summaries",
+                 "label_clusters", "label_features"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)

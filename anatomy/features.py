@@ -303,6 +303,24 @@ def cluster_features(
         edge threshold (the smallest kept NMI for ``"knn"``), ``attrs["n_candidates"]``
         the features considered, ``attrs["graph"]`` and ``attrs["n_edges"]`` the graph.
     """
+    return cluster_features_sweep(features, [resolution], span=span, top_percentile=top_percentile, graph=graph,
+                                  n_neighbors=n_neighbors, min_size=min_size, min_fires=min_fires, seed=seed)[resolution]
+
+
+def cluster_features_sweep(
+    features: PairFeatures,
+    resolutions: Sequence[float],
+    *,
+    span: str | Sequence[str] = ("chosen", "rejected"),
+    top_percentile: float = 99.0,
+    graph: str = "threshold",
+    n_neighbors: int = 15,
+    min_size: int = 4,
+    min_fires: int = 5,
+    seed: int = 0,
+) -> dict[float, pd.DataFrame]:
+    """`cluster_features` at several Leiden resolutions from one NMI graph (the NMI, not
+    Leiden, is the expensive step). Returns {resolution: the `cluster_features` DataFrame}."""
     import igraph as ig
     import leidenalg
 
@@ -314,8 +332,7 @@ def cluster_features(
     n_rows, d_sae = B.shape
     n_fires = np.asarray(B.sum(0)).ravel().astype(np.int64)
     cand = np.flatnonzero((n_fires >= min_fires) & (n_fires < n_rows))
-    cluster = np.full(d_sae, -1, dtype=np.int64)
-    threshold, n_edges = float("nan"), 0
+    threshold, n_edges, g = float("nan"), 0, None
     if len(cand) >= 2:
         nmi = nmi_matrix(B[:, cand])
         if graph == "threshold":
@@ -331,19 +348,24 @@ def cluster_features(
         n_edges = int(len(vals))
         g = ig.Graph(n=len(cand), edges=np.column_stack([iu, ju]).tolist())
         g.es["weight"] = vals.astype(float).tolist()
-        part = leidenalg.find_partition(g, leidenalg.RBConfigurationVertexPartition, weights="weight",
-                                        resolution_parameter=resolution, seed=seed)
-        memb = np.asarray(part.membership)
-        sizes = np.bincount(memb)
-        big = [c for c in np.argsort(-sizes, kind="stable") if sizes[c] >= min_size]
-        remap = {c: i for i, c in enumerate(big)}
-        cluster[cand] = [remap.get(c, -1) for c in memb]
-    sizes = np.bincount(cluster[cluster >= 0], minlength=max(0, cluster.max() + 1))
-    df = pd.DataFrame({"feature": np.arange(d_sae), "cluster": cluster, "n_fires": n_fires,
-                       "cluster_size": np.where(cluster >= 0, sizes[np.maximum(cluster, 0)] if len(sizes) else 0, 0)})
-    df.attrs.update({"nmi_threshold": threshold, "n_candidates": int(len(cand)), "graph": graph, "n_edges": n_edges,
-                     "span": list(_as_span_tuple(span))})
-    return df
+    out = {}
+    for resolution in resolutions:
+        cluster = np.full(d_sae, -1, dtype=np.int64)
+        if g is not None:
+            part = leidenalg.find_partition(g, leidenalg.RBConfigurationVertexPartition, weights="weight",
+                                            resolution_parameter=resolution, seed=seed)
+            memb = np.asarray(part.membership)
+            sizes = np.bincount(memb)
+            big = [c for c in np.argsort(-sizes, kind="stable") if sizes[c] >= min_size]
+            remap = {c: i for i, c in enumerate(big)}
+            cluster[cand] = [remap.get(c, -1) for c in memb]
+        sizes = np.bincount(cluster[cluster >= 0], minlength=max(0, cluster.max() + 1))
+        df = pd.DataFrame({"feature": np.arange(d_sae), "cluster": cluster, "n_fires": n_fires,
+                           "cluster_size": np.where(cluster >= 0, sizes[np.maximum(cluster, 0)] if len(sizes) else 0, 0)})
+        df.attrs.update({"nmi_threshold": threshold, "n_candidates": int(len(cand)), "graph": graph,
+                         "n_edges": n_edges, "span": list(_as_span_tuple(span))})
+        out[resolution] = df
+    return out
 
 
 def cluster_scores(

@@ -189,11 +189,11 @@ def choose_resolution(features, *, grid=RESOLUTION_GRID, max_share: float = MAX_
     """The smallest resolution on ``grid`` whose largest cluster holds <= ``max_share`` of the
     clustered features (ground-truth free: cluster sizes only). Returns (resolution, the
     clusters at it, the size profile of every resolution tried)."""
-    from anatomy import cluster_features
+    from anatomy import cluster_features_sweep
 
+    sweep = cluster_features_sweep(features, grid, graph=graph, n_neighbors=n_neighbors, seed=seed)  # one NMI graph
     rows, chosen = [], None
-    for r in grid:
-        cl = cluster_features(features, resolution=r, graph=graph, n_neighbors=n_neighbors, seed=seed)
+    for r, cl in sweep.items():
         prof = cluster_size_profile(cl)
         rows.append({"resolution": r, **prof})
         if prof["max_share"] <= max_share:

@@ -159,6 +159,17 @@ def test_cluster_features_knn_graph_keeps_planted_groups_apart():
         cluster_features(feats, graph="mutual")
 
 
+def test_cluster_features_sweep_equals_one_call_per_resolution():
+    from anatomy.features import cluster_features_sweep
+
+    feats, _ = _planted()
+    sweep = cluster_features_sweep(feats, [0.5, 1.0, 4.0], graph="knn", n_neighbors=3, seed=0)
+    assert list(sweep) == [0.5, 1.0, 4.0]
+    for r, df in sweep.items():
+        pd.testing.assert_frame_equal(df, cluster_features(feats, resolution=r, graph="knn", n_neighbors=3, seed=0))
+    assert not sweep[4.0].cluster.equals(sweep[0.5].cluster)  # each resolution partitions the graph anew
+
+
 def test_cluster_features_recovers_planted_groups():
     feats, groups = _planted()
     df = cluster_features(feats, top_percentile=98.5, min_size=4, min_fires=5, seed=0)
