@@ -251,7 +251,7 @@ def nmi_matrix(binary: sp.spmatrix | np.ndarray, *, block: int = 1024) -> np.nda
     return out
 
 
-def _knn_edges(nmi: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _knn_edges(nmi: np.ndarray, k: int, *, block: int = 1024) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Union-symmetrised k-nearest-neighbour edges of a similarity matrix [n, n].
 
     Each row keeps its ``k`` largest off-diagonal entries that are > 0; an edge (i, j),
@@ -259,12 +259,14 @@ def _knn_edges(nmi: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     """
     n = nmi.shape[0]
     k = min(k, n - 1)
-    sim = nmi.copy()
-    np.fill_diagonal(sim, -np.inf)
-    nbr = np.argpartition(-sim, k - 1, axis=1)[:, :k]  # [n, k]
+    nbr = np.empty((n, k), dtype=np.int64)
+    for a in range(0, n, block):  # a block of rows at a time: no second n x n matrix
+        sim = nmi[a:a + block].copy()
+        sim[np.arange(len(sim)), np.arange(a, a + len(sim))] = -np.inf
+        nbr[a:a + block] = np.argpartition(-sim, k - 1, axis=1)[:, :k]
     rows = np.repeat(np.arange(n), k)
     cols = nbr.ravel()
-    w = sim[rows, cols]
+    w = np.where(rows == cols, -np.inf, nmi[rows, cols])
     ok = w > 0
     i, j = np.minimum(rows[ok], cols[ok]), np.maximum(rows[ok], cols[ok])
     key = np.unique(i.astype(np.int64) * n + j)
