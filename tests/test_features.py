@@ -145,6 +145,9 @@ def test_knn_edges_keep_each_rows_nearest_neighbours_symmetrised():
         for c in np.argsort(-row)[:3]:  # each row's 3 nearest are kept (ties are measure-zero here)
             assert (min(r, c), max(r, c)) in edges
     assert len(edges) <= 29 * 3
+    for block in (1, 7, 64):  # rows are taken a block at a time: the edges cannot depend on the block
+        for got, want in zip(_knn_edges(sim, 3, block=block), (i, j, w)):
+            np.testing.assert_array_equal(got, want)
 
 
 def test_cluster_features_knn_graph_keeps_planted_groups_apart():
