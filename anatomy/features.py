@@ -266,7 +266,7 @@ def _knn_edges(nmi: np.ndarray, k: int, *, block: int = 1024) -> tuple[np.ndarra
         nbr[a:a + block] = np.argpartition(-sim, k - 1, axis=1)[:, :k]
     rows = np.repeat(np.arange(n), k)
     cols = nbr.ravel()
-    w = np.where(rows == cols, -np.inf, nmi[rows, cols])
+    w = nmi[rows, cols]  # the diagonal is never among the k picked (k <= n - 1, set to -inf above)
     ok = w > 0
     i, j = np.minimum(rows[ok], cols[ok]), np.maximum(rows[ok], cols[ok])
     key = np.unique(i.astype(np.int64) * n + j)
