@@ -312,6 +312,7 @@ def build(*, seed: int = 0, fresh: bool = False, out_dir: str | Path | None = No
     t1 = time.perf_counter()
     pairs, report = build_pairs(prompts, generations, seed=seed)
     out = Path(out_dir) if out_dir else data_dir()
+    out.mkdir(parents=True, exist_ok=True)
     for split, rows in pairs.items():
         (out / f"{split}.jsonl").write_text(to_jsonl(rows), encoding="utf-8")
     t2 = time.perf_counter()
