@@ -567,6 +567,9 @@ def _adjust(U: np.ndarray, covariates) -> tuple[np.ndarray, np.ndarray]:
     return U - X @ coef[1:], p
 
 
+RANK_KEYS = ("impact", "delta_min", "d")  # rank_hypotheses' ordering keys
+
+
 def rank_hypotheses(u: pd.DataFrame, labels, *, conditional: pd.DataFrame | None = None,
                     covariates=None, min_size: int = 10,
                     groups: Sequence | np.ndarray | None = None, seed: int = 0,
@@ -598,7 +601,11 @@ def rank_hypotheses(u: pd.DataFrame, labels, *, conditional: pd.DataFrame | None
       "impact" (default): |delta_min| x n_in / n_pairs — the shift the hypothesis accounts
           for, averaged over the whole dataset, so a small data cluster with a large Δ does
           not outrank a dataset-wide effect, nor a dataset-wide nudge a strong subgroup;
-      "delta_min": |delta_min| (the paper's rule, blind to coverage).
+      "delta_min": |delta_min| (the paper's rule, blind to coverage);
+      "d": |d| x sqrt(n_in / n_pairs) — the standardized effect (for the dataset-wide rows
+          d_z = t / sqrt(n)), weighted by coverage as "impact" is: a concept whose u is
+          consistent but small (a large cluster of which few features move) is not outranked
+          by a larger but noisier shift.
     one_per_concept: keep each concept's best row (the top-N then names N concepts).
     redundancy: a concept whose u correlates (|Pearson r| over all pairs) at or above this
         with the u of a concept ranked before it carries the same signal (an SAE often splits
@@ -609,8 +616,8 @@ def rank_hypotheses(u: pd.DataFrame, labels, *, conditional: pd.DataFrame | None
     Returns HYPOTHESIS_COLUMNS + ["impact", "duplicate_of", "rank"], best first
     (duplicate_of is -1 for none).
     """
-    if by not in ("impact", "delta_min"):
-        raise ValueError(f"by must be 'impact' or 'delta_min', got {by!r}")
+    if by not in RANK_KEYS:
+        raise ValueError(f"by must be one of {RANK_KEYS}, got {by!r}")
     U = _table(u)
     n = len(U)
     if conditional is None:
@@ -641,7 +648,8 @@ def rank_hypotheses(u: pd.DataFrame, labels, *, conditional: pd.DataFrame | None
     table["impact"] = np.abs(table["delta_min"].to_numpy(dtype=np.float64)) * table["n_in"] / n
     passes = (table["replicated"].astype(bool) & table["consistent"].astype(bool)
               & (table["q"] <= alpha))
-    key = table["impact"] if by == "impact" else table["delta_min"].abs()
+    key = {"impact": table["impact"], "delta_min": table["delta_min"].abs(),
+           "d": table["d"].abs().fillna(0.0) * np.sqrt(table["n_in"] / n)}[by]
     order = np.lexsort((-np.abs(table["d"].to_numpy(dtype=np.float64)), -key.to_numpy(),
                         ~passes.to_numpy()))
     table = table.iloc[order].reset_index(drop=True)

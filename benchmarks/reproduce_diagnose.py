@@ -111,6 +111,7 @@ MAX_CLUSTER_SHARE = 0.05
 AUROC_MATCH = 0.8
 COVARIATES = ("length", "length+mean_disparity", "none")  # the dataset-wide rows' adjustment
 REDUNDANCY = 0.8  # rank_hypotheses' duplicate cut (0.5 was tried and reverted: benchmarks/dev_protocol.md, stop 16)
+RANK_BY = "impact"  # rank_hypotheses' ordering key (one of anatomy.hypotheses.RANK_KEYS; dev_protocol.md, stop 17)
 GRAPHS = ("knn", "threshold")  # cluster_features' graph: 15 nearest neighbours by NMI, or METHOD's top 1% of pairs
 
 
@@ -210,7 +211,7 @@ def choose_resolution(features, *, grid=RESOLUTION_GRID, max_share: float = MAX_
 def discover(features, keys: list[str], *, resolution: float | None = None, k_data: int | None = None,
              k_prompt: int | None = None, tau: float = 0.01, min_size: int = 10, n_boot: int = 1000,
              covariate: str = COVARIATES[0], graph: str = GRAPHS[0], n_neighbors: int = 15,
-             redundancy: float | None = REDUNDANCY, seed: int = 0) -> dict:
+             redundancy: float | None = REDUNDANCY, rank_by: str = RANK_BY, seed: int = 0) -> dict:
     """The whole diagnosis from activations: clusters, both views, the ranked tables.
 
     features: `PairFeatures` of the pairs; keys: one prompt key per pair (`prompt_keys`).
@@ -220,9 +221,12 @@ def discover(features, keys: list[str], *, resolution: float | None = None, k_da
     graph, n_neighbors: the feature graph of `cluster_features` ("knn" or "threshold"), for both spans.
     redundancy: `rank_hypotheses`' cut (|Pearson r| of u) above which a concept cluster counts as a
         duplicate of one ranked before it.
+    rank_by: `rank_hypotheses`' ordering key ("impact", "delta_min" or "d").
     """
     if covariate not in COVARIATES:  # fail before the clustering
         raise ValueError(f"covariate must be one of {COVARIATES}, got {covariate!r}")
+    if rank_by not in ("impact", "delta_min", "d"):
+        raise ValueError(f"rank_by must be 'impact', 'delta_min' or 'd', got {rank_by!r}")
     from anatomy import cluster_features
     from anatomy.hypotheses import (data_clusters, global_hypotheses, length_gap, mean_disparity,
                                     prompt_clusters, prompt_conditioned_hypotheses, rank_hypotheses,
@@ -259,7 +263,7 @@ def discover(features, keys: list[str], *, resolution: float | None = None, k_da
     ranked = rank_hypotheses(u, data_labels, conditional=global_rows,
                              covariates=covariate_matrix(covariate, lg, md),
                              min_size=min_size, groups=groups, seed=seed, n_boot=n_boot,
-                             redundancy=redundancy)
+                             redundancy=redundancy, by=rank_by)
     prompt_labels = prompt_clusters(features, prompt_concepts, k=k_prompt, seed=seed)
     prompt_rows = prompt_conditioned_hypotheses(u, prompt_labels, min_size=min_size, groups=groups, seed=seed)
     timings["hypotheses"] = time.perf_counter() - t
@@ -267,6 +271,7 @@ def discover(features, keys: list[str], *, resolution: float | None = None, k_da
                 "k_rule": "round(sqrt(n / 2)), n = pairs (data) or distinct prompts (prompt clusters)",
                 "tau": tau, "min_size": min_size, "n_boot": n_boot, "covariate": covariate, "graph": graph,
                 "n_neighbors": n_neighbors if graph == "knn" else None, "redundancy": redundancy,
+                "rank_by": rank_by,
                 "seed": seed,
                 "n_pairs": n, "n_prompts": n_prompts,
                 "concept_clusters": cluster_size_profile(clusters),
@@ -576,7 +581,7 @@ def covariate_sensitivity(pairs: list[dict], features, disc: dict, *, seed: int 
         cov = covariate_matrix(name, lg, md)
         ranked = rank_hypotheses(u, disc["data_labels"], conditional=disc["global_rows"], covariates=cov,
                                  groups=groups, seed=seed, n_boot=0,
-                                 redundancy=disc["settings"]["redundancy"])
+                                 redundancy=disc["settings"]["redundancy"], by=disc["settings"]["rank_by"])
         wide = rank_hypotheses(u, np.full(len(u), -1), covariates=cov, groups=groups, seed=seed, n_boot=0)
         scored = score_against_truth(pairs, features, dict(disc, ranked=ranked), seed=seed)
         ranks = scored["per_concept"].set_index("concept")["best_global_rank_right_sign"]
@@ -615,6 +620,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--n-neighbors", type=int, default=15, help="neighbours per feature of the knn graph")
     ap.add_argument("--redundancy", type=float, default=REDUNDANCY,
                     help="rank_hypotheses' duplicate cut on |r| of u (see benchmarks/dev_protocol.md)")
+    ap.add_argument("--rank-by", choices=("impact", "delta_min", "d"), default=RANK_BY,
+                    help="rank_hypotheses' ordering key (see benchmarks/dev_protocol.md)")
     ap.add_argument("--organism", default="organism",
                     help="'organism' (the shipped build) or a folder of another build's split files (the dev organism)")
     ap.add_argument("--n-label-pairs", type=int, default=200, help="pairs streamed for labels (0: no labels)")
@@ -664,7 +671,8 @@ def main(argv=None) -> dict:
     disc = discover(features, prompt_keys([discovery_view(p) for p in pairs]), resolution=args.resolution,
                     k_data=args.k_data, k_prompt=args.k_prompt, tau=args.tau, n_boot=args.n_boot,
                     covariate=args.covariate, graph=args.graph,
-                    n_neighbors=args.n_neighbors, redundancy=args.redundancy, seed=args.seed)
+                    n_neighbors=args.n_neighbors, redundancy=args.redundancy,
+                    rank_by=args.rank_by, seed=args.seed)
     timings["discover"] = time.perf_counter() - t
     timings.update({f"discover_{k}": v for k, v in disc["timings"].items()})
     st = disc["settings"]

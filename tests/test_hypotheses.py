@@ -197,6 +197,28 @@ def test_a_dataset_wide_effect_surfaces_in_rank_hypotheses_but_not_in_vs_out():
     assert abs(row["delta"]) < 0.05 and row["test"].startswith("ols intercept (HC3)")
 
 
+def test_rank_keys_order_a_consistent_small_shift_against_a_noisy_large_one():
+    """"impact" ranks by the size of the shift, "d" by its size over its spread: a concept that
+    moves by 0.05 in every pair outranks one that moves by 0.15 on average with a spread of 1."""
+    rng = np.random.default_rng(5)
+    n = 800
+    U = rng.choice([-0.05, 0.0, 0.05], size=(n, 6))
+    U[:, 1] = 0.05 + 0.02 * rng.standard_normal(n)  # small, consistent
+    U[:, 2] = 0.15 + 1.0 * rng.standard_normal(n)  # larger, noisy
+    u = pd.DataFrame(U)
+    labels = np.full(n, -1)  # dataset-wide rows only
+    by_impact = hy.rank_hypotheses(u, labels, n_boot=0, by="impact", redundancy=None)
+    by_d = hy.rank_hypotheses(u, labels, n_boot=0, by="d", redundancy=None)
+    assert list(by_impact["concept"][:2]) == [2, 1]
+    assert list(by_d["concept"][:2]) == [1, 2]
+    top = by_d.set_index("concept").loc[[1, 2]]
+    assert (top["q"] < 1e-6).all()
+    expected_d = U[:, [1, 2]].mean(0) / U[:, [1, 2]].std(0, ddof=1)
+    np.testing.assert_allclose(top["d"].to_numpy(), expected_d, rtol=1e-9)
+    with pytest.raises(ValueError, match="by must be one of"):
+        hy.rank_hypotheses(u, labels, n_boot=0, by="t")
+
+
 def test_mean_disparity_lets_a_rejected_side_concept_show_under_a_common_shift():
     """Degraded rejected responses fire fewer features of every kind: a per-pair shift that moves
     all 30 concepts toward chosen. A concept planted on the rejected side in 15% of pairs then

@@ -1,0 +1,57 @@
+"""Tests for benchmarks/reproduce_diagnose.py's discovery (`discover`): the whole diagnosis from
+activations on the synthetic links organism of test_hypotheses, with no ground truth."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import reproduce_diagnose as rd  # noqa: E402
+from test_hypotheses import links_organism  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def organism():
+    features, clusters, family, topic, prompt_id, has_links = links_organism()
+    keys = [f"prompt {p}" for p in prompt_id]
+    return features, keys, family, has_links
+
+
+def test_discover_finds_links_in_the_prompt_view_and_records_its_settings(organism):
+    features, keys, family, has_links = organism
+    disc = rd.discover(features, keys, resolution=1.0, n_boot=0, rank_by="d")  # the size rule needs ~100 clusters
+    settings = disc["settings"]
+    assert settings["rank_by"] == "d" and settings["redundancy"] == rd.REDUNDANCY
+    assert settings["k_data"] == rd.default_k(len(features)) and settings["n_prompts"] == len(set(keys))
+    clusters = disc["clusters"]
+    links = clusters.loc[clusters["feature"].isin(range(96, 100)), "cluster"]
+    assert links.nunique() == 1 and links.iloc[0] >= 0  # the four links features form one concept
+    m = int(links.iloc[0])
+    members = set(clusters.loc[clusters["cluster"] == m, "feature"])
+    assert members - set(range(96, 100)) <= set(range(100, 110))  # no family or topic feature joins;
+    # the knn graph gives every feature neighbours, so a few noise features (100-109) may
+    ranked = disc["ranked"]
+    assert ranked["concept"].is_unique and list(ranked["rank"]) == list(range(1, len(ranked) + 1))
+    top = disc["prompt_rows"].iloc[0]
+    assert top["concept"] == m and top["direction"] == "chosen"
+    assert set(family[disc["prompt_labels"] == top["group"]]) == {7}
+    # u is the share of the cluster's features: the 4 links features fire in chosen only
+    assert disc["u"][m].mean() == pytest.approx(has_links.mean() * 4 / len(members), abs=0.01)
+    assert top["delta"] > 3 * disc["u"][m].mean()  # dataset-wide the links are diluted
+    # the same discovery under the shipped key: the same clusters, possibly another order
+    shipped = rd.discover(features, keys, resolution=1.0, n_boot=0)
+    assert shipped["settings"]["rank_by"] == rd.RANK_BY
+    assert (shipped["clusters"]["cluster"] == clusters["cluster"]).all()
+    assert set(shipped["ranked"]["concept"]) == set(ranked["concept"])
+
+
+def test_discover_rejects_bad_settings_before_clustering(organism):
+    features, keys, _, _ = organism
+    with pytest.raises(ValueError, match="rank_by must be"):
+        rd.discover(features, keys, rank_by="t")
+    with pytest.raises(ValueError, match="covariate must be one of"):
+        rd.discover(features, keys, covariate="size")
