@@ -223,16 +223,16 @@ def discover(features, keys: list[str], *, resolution: float | None = None, k_da
     graph, n_neighbors: the feature graph of `cluster_features` ("knn" or "threshold"), for both spans.
     redundancy: `rank_hypotheses`' cut (|Pearson r| of u) above which a concept cluster counts as a
         duplicate of one ranked before it.
-    rank_by: `rank_hypotheses`' ordering key ("impact", "delta_min" or "d").
+    rank_by: `rank_hypotheses`' ordering key (one of `anatomy.hypotheses.RANK_KEYS`).
     """
     if covariate not in COVARIATES:  # fail before the clustering
         raise ValueError(f"covariate must be one of {COVARIATES}, got {covariate!r}")
-    if rank_by not in ("impact", "delta_min", "d"):
-        raise ValueError(f"rank_by must be 'impact', 'delta_min' or 'd', got {rank_by!r}")
     from anatomy import cluster_features
-    from anatomy.hypotheses import (data_clusters, global_hypotheses, length_gap, mean_disparity,
+    from anatomy.hypotheses import (RANK_KEYS, data_clusters, global_hypotheses, length_gap, mean_disparity,
                                     prompt_clusters, prompt_conditioned_hypotheses, rank_hypotheses,
                                     signed_disparity, symmetric_activity)
+    if rank_by not in RANK_KEYS:  # fail before the clustering
+        raise ValueError(f"rank_by must be one of {RANK_KEYS}, got {rank_by!r}")
 
     timings = {}
     t = time.perf_counter()
@@ -606,6 +606,8 @@ def run_bench(quick: bool = True) -> dict:
 
 # ============================================================================ main
 def main(argv=None) -> dict:
+    from anatomy.hypotheses import RANK_KEYS
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-train", type=int, default=None, help="train pairs (default: all 2,270)")
     ap.add_argument("--sae", default=None, help="load_sae(name): a shipped SAE or a directory (default: shipped)")
@@ -622,7 +624,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--n-neighbors", type=int, default=15, help="neighbours per feature of the knn graph")
     ap.add_argument("--redundancy", type=float, default=REDUNDANCY,
                     help="rank_hypotheses' duplicate cut on |r| of u (see benchmarks/dev_protocol.md)")
-    ap.add_argument("--rank-by", choices=("impact", "delta_min", "d"), default=RANK_BY,
+    ap.add_argument("--rank-by", choices=RANK_KEYS, default=RANK_BY,
                     help="rank_hypotheses' ordering key (see benchmarks/dev_protocol.md)")
     ap.add_argument("--organism", default="organism",
                     help="'organism' (the shipped build) or a folder of another build's split files (the dev organism)")
