@@ -319,6 +319,7 @@ def cluster_features_sweep(
     n_neighbors: int = 15,
     min_size: int = 4,
     min_fires: int = 5,
+    isolates: bool = False,
     seed: int = 0,
 ) -> dict[float, pd.DataFrame]:
     """`cluster_features` at several Leiden resolutions from one NMI graph (the NMI, not
@@ -335,8 +336,19 @@ def cluster_features_sweep(
     n_fires = np.asarray(B.sum(0)).ravel().astype(np.int64)
     cand = np.flatnonzero((n_fires >= min_fires) & (n_fires < n_rows))
     threshold, n_edges, g = float("nan"), 0, None
+    isolated = np.zeros(0, dtype=np.int64)
     if len(cand) >= 2:
         nmi = nmi_matrix(B[:, cand])
+        if isolates:  # no partner above the threshold graph's cut: a concept of its own
+            iu, ju = np.triu_indices(len(cand), k=1)
+            cut = float(np.percentile(nmi[iu, ju], top_percentile))
+            del iu, ju
+            off = nmi.copy()
+            np.fill_diagonal(off, 0.0)
+            alone = off.max(axis=1) <= cut
+            del off
+            isolated, cand = cand[alone], cand[~alone]
+            nmi = nmi[np.ix_(~alone, ~alone)]
         if graph == "threshold":
             iu, ju = np.triu_indices(len(cand), k=1)
             vals = nmi[iu, ju]
@@ -361,11 +373,13 @@ def cluster_features_sweep(
             big = [c for c in np.argsort(-sizes, kind="stable") if sizes[c] >= min_size]
             remap = {c: i for i, c in enumerate(big)}
             cluster[cand] = [remap.get(c, -1) for c in memb]
+        if len(isolated):
+            cluster[isolated] = cluster.max() + 1 + np.arange(len(isolated))
         sizes = np.bincount(cluster[cluster >= 0], minlength=max(0, cluster.max() + 1))
         df = pd.DataFrame({"feature": np.arange(d_sae), "cluster": cluster, "n_fires": n_fires,
                            "cluster_size": np.where(cluster >= 0, sizes[np.maximum(cluster, 0)] if len(sizes) else 0, 0)})
         df.attrs.update({"nmi_threshold": threshold, "n_candidates": int(len(cand)), "graph": graph,
-                         "n_edges": n_edges, "span": list(_as_span_tuple(span))})
+                         "n_edges": n_edges, "span": list(_as_span_tuple(span)), "n_isolates": int(len(isolated))})
         out[resolution] = df
     return out
 
