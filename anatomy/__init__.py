@@ -36,7 +36,7 @@ _EXPORTS = {
                "project_spans", "refusal_direction"],
     "saes": ["collect_activations", "load_sae", "sae_metrics", "train_sae"],
     "features": ["PairFeatures", "cluster_features", "cluster_features_sweep", "cluster_scores", "feature_summaries",
-                 "label_clusters", "label_features"],
+                 "gate_weak_firing", "label_clusters", "label_features"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)

@@ -191,6 +191,43 @@ def feature_summaries(
 # ----------------------------------------------------------------------------- concept clusters
 
 
+def gate_weak_firing(features: PairFeatures, rho: float = 0.5,
+                     reference: Sequence[str] = ("chosen", "rejected")) -> PairFeatures:
+    """Count a feature as firing in a span only where it fires clearly.
+
+    theta_g = ``rho`` x feature g's largest span max over the ``reference`` spans of all pairs.
+    In every span, an entry whose max is below theta_g gets max = freq = 0; the others are
+    kept as they are. Latents that are barely positive are where an SAE feature is least
+    specific: in the organism, a hedge feature peaks at a median of 27 on planted hedges
+    and 4.9 elsewhere, a "!" feature at 36 and 1.9 (``benchmarks/dev_protocol.md``, stop 18).
+
+    rho: in [0, 1); 0 returns ``features`` unchanged.
+    Returns a new ``PairFeatures`` (the input is not edited); ``meta["gate_rho"]`` = rho.
+    """
+    if not 0 <= rho < 1:
+        raise ValueError(f"rho must be in [0, 1) (a share of each feature's largest max), got {rho}")
+    if rho == 0:
+        return features
+    missing = [s for s in reference if s not in features.max]
+    if missing:
+        raise KeyError(f"reference spans {missing} are not in the features (spans: {features.spans})")
+    top = np.zeros(features.d_sae or next(iter(features.max.values())).shape[1])
+    for s in reference:
+        top = np.maximum(top, features.max[s].max(axis=0).toarray().ravel())
+    theta = rho * top
+    mx, fq = {}, {}
+    for s in features.spans:
+        m = features.max[s].tocsr()
+        keep = m.copy()
+        keep.data = (m.data >= theta[m.indices]).astype(m.dtype)
+        keep.eliminate_zeros()
+        mx[s] = m.multiply(keep).tocsr()
+        fq[s] = features.freq[s].tocsr().multiply(keep).tocsr()
+    return PairFeatures(list(features.ids), mx, fq, dict(features.n_tokens), features.hook, features.d_sae,
+                        {**features.meta, "gate_rho": rho})
+
+
+
 def _as_span_tuple(span: str | Sequence[str]) -> tuple[str, ...]:
     return (span,) if isinstance(span, str) else tuple(span)
 
@@ -284,6 +321,7 @@ def cluster_features(
     min_size: int = 4,
     min_fires: int = 5,
     resolution: float = 1.0,
+    isolates: bool = False,
     seed: int = 0,
 ) -> pd.DataFrame:
     """Group co-firing features into concept clusters (NMI graph + Leiden).
@@ -297,16 +335,21 @@ def cluster_features(
        hub features with many strong partners cannot take every edge around them.
     4. Leiden (``leidenalg.RBConfigurationVertexPartition``, ``resolution``, ``seed``)
        finds communities; clusters smaller than ``min_size`` are dropped.
+    ``isolates=True``: before step 3, a feature whose best NMI partner is at or below the
+    ``top_percentile`` cut (no edge in the threshold graph) leaves the graph and becomes a
+    cluster of its own, numbered after the communities and exempt from ``min_size``: a
+    concept the SAE gives one feature (after `gate_weak_firing`, the organism's "!").
 
     Returns:
         DataFrame with one row per feature (``d_sae`` rows): ``feature``,
         ``cluster`` (0, 1, ... by decreasing size; -1 unclustered), ``n_fires``,
         ``cluster_size`` (0 if unclustered). ``attrs["nmi_threshold"]`` holds the
         edge threshold (the smallest kept NMI for ``"knn"``), ``attrs["n_candidates"]``
-        the features considered, ``attrs["graph"]`` and ``attrs["n_edges"]`` the graph.
+        the features considered, ``attrs["graph"]`` and ``attrs["n_edges"]`` the graph, ``attrs["n_isolates"]``.
     """
     return cluster_features_sweep(features, [resolution], span=span, top_percentile=top_percentile, graph=graph,
-                                  n_neighbors=n_neighbors, min_size=min_size, min_fires=min_fires, seed=seed)[resolution]
+                                  n_neighbors=n_neighbors, min_size=min_size, min_fires=min_fires,
+                                  isolates=isolates, seed=seed)[resolution]
 
 
 def cluster_features_sweep(
@@ -337,26 +380,28 @@ def cluster_features_sweep(
     cand = np.flatnonzero((n_fires >= min_fires) & (n_fires < n_rows))
     threshold, n_edges, g = float("nan"), 0, None
     isolated = np.zeros(0, dtype=np.int64)
+    n_candidates = len(cand)
     if len(cand) >= 2:
         nmi = nmi_matrix(B[:, cand])
-        if isolates:  # no partner above the threshold graph's cut: a concept of its own
+        if graph == "threshold" or isolates:  # METHOD's cut: the top 100 - top_percentile % of feature pairs
             iu, ju = np.triu_indices(len(cand), k=1)
-            cut = float(np.percentile(nmi[iu, ju], top_percentile))
+            threshold = float(np.percentile(nmi[iu, ju], top_percentile))
             del iu, ju
+        if isolates:  # no partner above the cut: a concept of its own, out of the graph
             off = nmi.copy()
             np.fill_diagonal(off, 0.0)
-            alone = off.max(axis=1) <= cut
+            alone = off.max(axis=1) <= threshold
             del off
             isolated, cand = cand[alone], cand[~alone]
             nmi = nmi[np.ix_(~alone, ~alone)]
         if graph == "threshold":
             iu, ju = np.triu_indices(len(cand), k=1)
             vals = nmi[iu, ju]
-            threshold = float(np.percentile(vals, top_percentile))
             keep = (vals > threshold) & (vals > 0)  # threshold 0: fewer pairs than asked carry any information
             iu, ju, vals = iu[keep], ju[keep], vals[keep]
         else:
-            iu, ju, vals = _knn_edges(nmi, n_neighbors)
+            iu, ju, vals = (_knn_edges(nmi, n_neighbors) if len(cand) >= 2  # isolates may leave fewer
+                            else (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)))
             threshold = float(vals.min()) if len(vals) else float("nan")
         del nmi
         n_edges = int(len(vals))
@@ -378,7 +423,7 @@ def cluster_features_sweep(
         sizes = np.bincount(cluster[cluster >= 0], minlength=max(0, cluster.max() + 1))
         df = pd.DataFrame({"feature": np.arange(d_sae), "cluster": cluster, "n_fires": n_fires,
                            "cluster_size": np.where(cluster >= 0, sizes[np.maximum(cluster, 0)] if len(sizes) else 0, 0)})
-        df.attrs.update({"nmi_threshold": threshold, "n_candidates": int(len(cand)), "graph": graph,
+        df.attrs.update({"nmi_threshold": threshold, "n_candidates": int(n_candidates), "graph": graph,
                          "n_edges": n_edges, "span": list(_as_span_tuple(span)), "n_isolates": int(len(isolated))})
         out[resolution] = df
     return out

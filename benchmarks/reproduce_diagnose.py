@@ -115,6 +115,8 @@ COVARIATES = ("length", "length+mean_disparity", "none")  # the dataset-wide row
 REDUNDANCY = 0.8  # rank_hypotheses' duplicate cut (0.5 was tried and reverted: benchmarks/dev_protocol.md, stop 16)
 RANK_BY = "impact"  # rank_hypotheses' ordering key (one of anatomy.hypotheses.RANK_KEYS; dev_protocol.md, stop 17)
 GRAPHS = ("knn", "threshold")  # cluster_features' graph: 15 nearest neighbours by NMI, or METHOD's top 1% of pairs
+GATE = 0.5  # gate_weak_firing's rho: firing = span max >= 0.5 x the feature's largest (dev_protocol.md, stop 18)
+ISOLATES = True  # cluster_features(isolates=): a feature with no edge in METHOD's graph is its own concept (stop 18)
 
 
 # ============================================================================ data and features
@@ -190,14 +192,15 @@ def cluster_size_profile(clusters: pd.DataFrame) -> dict:
 
 
 def choose_resolution(features, *, grid=RESOLUTION_GRID, max_share: float = MAX_CLUSTER_SHARE,
-                      graph: str = GRAPHS[0], n_neighbors: int = 15,
+                      graph: str = GRAPHS[0], n_neighbors: int = 15, isolates: bool = False,
                       seed: int = 0) -> tuple[float, pd.DataFrame, pd.DataFrame]:
     """The smallest resolution on ``grid`` whose largest cluster holds <= ``max_share`` of the
     clustered features (ground-truth free: cluster sizes only). Returns (resolution, the
     clusters at it, the size profile of every resolution tried)."""
     from anatomy import cluster_features_sweep
 
-    sweep = cluster_features_sweep(features, grid, graph=graph, n_neighbors=n_neighbors, seed=seed)  # one NMI graph
+    sweep = cluster_features_sweep(features, grid, graph=graph, n_neighbors=n_neighbors, isolates=isolates,
+                                   seed=seed)  # one NMI graph
     rows, chosen = [], None
     for r, cl in sweep.items():
         prof = cluster_size_profile(cl)
@@ -213,7 +216,8 @@ def choose_resolution(features, *, grid=RESOLUTION_GRID, max_share: float = MAX_
 def discover(features, keys: list[str], *, resolution: float | None = None, k_data: int | None = None,
              k_prompt: int | None = None, tau: float = 0.01, min_size: int = 10, n_boot: int = 1000,
              covariate: str = COVARIATES[0], graph: str = GRAPHS[0], n_neighbors: int = 15,
-             redundancy: float | None = REDUNDANCY, rank_by: str = RANK_BY, seed: int = 0) -> dict:
+             redundancy: float | None = REDUNDANCY, rank_by: str = RANK_BY, gate: float = GATE,
+             isolates: bool = ISOLATES, seed: int = 0) -> dict:
     """The whole diagnosis from activations: clusters, both views, the ranked tables.
 
     features: `PairFeatures` of the pairs; keys: one prompt key per pair (`prompt_keys`).
@@ -224,10 +228,14 @@ def discover(features, keys: list[str], *, resolution: float | None = None, k_da
     redundancy: `rank_hypotheses`' cut (|Pearson r| of u) above which a concept cluster counts as a
         duplicate of one ranked before it.
     rank_by: `rank_hypotheses`' ordering key (one of `anatomy.hypotheses.RANK_KEYS`).
+    gate: `gate_weak_firing`'s rho, applied to ``features`` before everything else (0: none);
+        the gated features are returned as ``features`` (score them, not the input).
+    isolates: `cluster_features`' ``isolates`` (both spans): a feature with no partner above
+        METHOD's top-1% NMI cut is a concept of its own.
     """
     if covariate not in COVARIATES:  # fail before the clustering
         raise ValueError(f"covariate must be one of {COVARIATES}, got {covariate!r}")
-    from anatomy import cluster_features
+    from anatomy import cluster_features, gate_weak_firing
     from anatomy.hypotheses import (RANK_KEYS, data_clusters, global_hypotheses, length_gap, mean_disparity,
                                     prompt_clusters, prompt_conditioned_hypotheses, rank_hypotheses,
                                     signed_disparity, symmetric_activity)
@@ -236,17 +244,19 @@ def discover(features, keys: list[str], *, resolution: float | None = None, k_da
 
     timings = {}
     t = time.perf_counter()
+    features = gate_weak_firing(features, gate)  # validates gate; 0 returns the input
     if resolution is None:
-        resolution, clusters, profile = choose_resolution(features, graph=graph, n_neighbors=n_neighbors, seed=seed)
+        resolution, clusters, profile = choose_resolution(features, graph=graph, n_neighbors=n_neighbors,
+                                                          isolates=isolates, seed=seed)
         rule = (f"smallest of {list(RESOLUTION_GRID)} with largest cluster <= {MAX_CLUSTER_SHARE:.0%} "
                 "of clustered features")
     else:
         clusters = cluster_features(features, resolution=resolution, graph=graph, n_neighbors=n_neighbors,
-                                    seed=seed)
+                                    isolates=isolates, seed=seed)
         profile = pd.DataFrame([{"resolution": resolution, **cluster_size_profile(clusters)}])
         rule = "given (--resolution)"
     prompt_concepts = cluster_features(features, span="prompt", resolution=resolution, graph=graph,
-                                       n_neighbors=n_neighbors, seed=seed)
+                                       n_neighbors=n_neighbors, isolates=isolates, seed=seed)
     if not (prompt_concepts["cluster"] >= 0).any():  # a handful of prompts: NMI ties leave no edge
         prompt_concepts = clusters
     timings["clusters"] = time.perf_counter() - t
@@ -273,13 +283,14 @@ def discover(features, keys: list[str], *, resolution: float | None = None, k_da
                 "k_rule": "round(sqrt(n / 2)), n = pairs (data) or distinct prompts (prompt clusters)",
                 "tau": tau, "min_size": min_size, "n_boot": n_boot, "covariate": covariate, "graph": graph,
                 "n_neighbors": n_neighbors if graph == "knn" else None, "redundancy": redundancy,
-                "rank_by": rank_by,
+                "rank_by": rank_by, "gate": gate, "isolates": isolates,
+                "n_isolates": clusters.attrs.get("n_isolates", 0),
                 "seed": seed,
                 "n_pairs": n, "n_prompts": n_prompts,
                 "concept_clusters": cluster_size_profile(clusters),
                 "prompt_concept_clusters": cluster_size_profile(prompt_concepts),
                 "resolution_profile": profile.to_dict(orient="records")}
-    return {"clusters": clusters, "prompt_concepts": prompt_concepts, "s": s, "u": u, "length_gap": lg, "mean_disparity": md,
+    return {"features": features, "clusters": clusters, "prompt_concepts": prompt_concepts, "s": s, "u": u, "length_gap": lg, "mean_disparity": md,
             "data_labels": data_labels, "prompt_labels": prompt_labels, "global_rows": global_rows,
             "ranked": ranked, "prompt_rows": prompt_rows, "settings": settings, "timings": timings}
 
@@ -626,6 +637,10 @@ def main(argv=None) -> dict:
                     help="rank_hypotheses' duplicate cut on |r| of u (see benchmarks/dev_protocol.md)")
     ap.add_argument("--rank-by", choices=RANK_KEYS, default=RANK_BY,
                     help="rank_hypotheses' ordering key (see benchmarks/dev_protocol.md)")
+    ap.add_argument("--gate", type=float, default=GATE,
+                    help="gate_weak_firing's rho, 0 for none (see benchmarks/dev_protocol.md, stop 18)")
+    ap.add_argument("--isolates", action=argparse.BooleanOptionalAction, default=ISOLATES,
+                    help="features with no edge in METHOD's top-1%% NMI graph are concepts of their own")
     ap.add_argument("--organism", default="organism",
                     help="'organism' (the shipped build) or a folder of another build's split files (the dev organism)")
     ap.add_argument("--n-label-pairs", type=int, default=200, help="pairs streamed for labels (0: no labels)")
@@ -676,12 +691,14 @@ def main(argv=None) -> dict:
                     k_data=args.k_data, k_prompt=args.k_prompt, tau=args.tau, n_boot=args.n_boot,
                     covariate=args.covariate, graph=args.graph,
                     n_neighbors=args.n_neighbors, redundancy=args.redundancy,
-                    rank_by=args.rank_by, seed=args.seed)
+                    rank_by=args.rank_by, gate=args.gate, isolates=args.isolates, seed=args.seed)
+    features = disc["features"]  # what discovery read (gated): the clusters are scored on it
     timings["discover"] = time.perf_counter() - t
     timings.update({f"discover_{k}": v for k, v in disc["timings"].items()})
     st = disc["settings"]
-    print(f"discovery: resolution {st['resolution']} -> {st['concept_clusters']['clusters']} concept clusters, "
-          f"{st['prompt_concept_clusters']['clusters']} prompt-concept clusters; k_data {st['k_data']}, "
+    print(f"discovery: resolution {st['resolution']} -> {st['concept_clusters']['clusters']} concept clusters "
+          f"({st['n_isolates']} of one feature), {st['prompt_concept_clusters']['clusters']} prompt-concept "
+          f"clusters; k_data {st['k_data']}, "
           f"k_prompt {st['k_prompt']}; {len(disc['ranked'])} global rows, {len(disc['prompt_rows'])} prompt rows "
           f"({timings['discover']:.0f} s)", flush=True)
     labels = None
@@ -728,8 +745,9 @@ def main(argv=None) -> dict:
         "definitions": {
             "unit": "one response (chosen and rejected of every pair; a response repeated under one prompt "
                     "counts once)",
-            "match": f"AUROC >= {AUROC_MATCH} of the concept cluster's freq-sum over the response span against "
-                     "the concept's ground-truth presence in that response",
+            "match": f"AUROC >= {AUROC_MATCH} of the concept cluster's freq-sum over the response span (of the "
+                     "features discovery read, i.e. after gate_weak_firing) against the concept's ground-truth "
+                     "presence in that response",
             "right_sign": "hypothesis direction == sign of the concept's ground-truth rate in the hypothesis' scope "
                           "(all pairs, or its data cluster)",
             "recall": f"share of {list(RECALL_CONCEPTS)} matched with the right sign by a top-k global row",

@@ -204,3 +204,43 @@ def test_nmi_matrix_equals_sklearn():
             if i != j:
                 assert nmi[i, j] == pytest.approx(normalized_mutual_info_score(B[:, i], B[:, j]), abs=1e-5)
     assert nmi[2, 3] > 0.1
+
+
+def test_gate_weak_firing_keeps_only_clear_firings():
+    from anatomy import gate_weak_firing
+
+    feats, _ = _planted(n_pairs=50)
+    before = {s: (feats.max[s].copy(), feats.freq[s].copy()) for s in feats.spans}
+    gated = gate_weak_firing(feats, 0.5)
+    top = np.maximum(feats.max["chosen"].toarray().max(0), feats.max["rejected"].toarray().max(0))
+    for s in feats.spans:  # the prompt span too, against the response spans' largest max
+        m, f = feats.max[s].toarray(), feats.freq[s].toarray()
+        keep = m >= 0.5 * top
+        np.testing.assert_array_equal(gated.max[s].toarray(), np.where(keep, m, 0.0))
+        np.testing.assert_array_equal(gated.freq[s].toarray(), np.where(keep, f, 0.0))
+        assert (feats.max[s] != before[s][0]).nnz == 0 and (feats.freq[s] != before[s][1]).nnz == 0  # input kept
+        assert 0 < gated.max[s].nnz < feats.max[s].nnz
+    assert gated.ids == feats.ids and gated.meta["gate_rho"] == 0.5 and "gate_rho" not in feats.meta
+    assert gate_weak_firing(feats, 0.0) is feats
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="rho must be in"):
+            gate_weak_firing(feats, bad)
+    with pytest.raises(KeyError, match="reference spans"):
+        gate_weak_firing(feats, 0.5, reference=("response",))
+
+
+def test_cluster_features_isolates_are_concepts_of_one_feature():
+    feats, groups = _planted()
+    planted = set().union(*groups)
+    for graph in ("knn", "threshold"):
+        df = cluster_features(feats, graph=graph, n_neighbors=3, top_percentile=98.5, min_size=4, min_fires=5,
+                              isolates=True, seed=0)
+        # the 31 planted pairs are the top 1.5% by NMI, so every other feature has no partner above the cut
+        alone = df[~df.feature.isin(planted) & (df.n_fires >= 5)]
+        assert df.attrs["n_isolates"] == len(alone) > 0
+        assert (alone.cluster_size == 1).all() and alone.cluster.is_unique and (alone.cluster >= 0).all()
+        found = [set(df.loc[df.cluster == c, "feature"]) for c in set(df.cluster) - {-1} if (df.cluster == c).sum() > 1]
+        assert sorted(map(sorted, found)) == sorted(map(sorted, [set(g) for g in groups]))
+        assert df.loc[df.feature.isin(planted), "cluster"].max() < alone.cluster.min()  # communities first
+    without = cluster_features(feats, graph="knn", n_neighbors=3, top_percentile=98.5, seed=0)
+    assert without.attrs["n_isolates"] == 0 and (without.cluster_size != 1).all()
