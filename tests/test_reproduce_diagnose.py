@@ -23,9 +23,11 @@ def organism():
 
 def test_discover_finds_links_in_the_prompt_view_and_records_its_settings(organism):
     features, keys, family, has_links = organism
-    disc = rd.discover(features, keys, resolution=1.0, n_boot=0, rank_by="d")  # the size rule needs ~100 clusters
+    # METHOD's firing (no gate, no isolates); the size rule needs ~100 clusters, so a resolution is given
+    disc = rd.discover(features, keys, resolution=1.0, n_boot=0, rank_by="d", gate=0.0, isolates=False)
     settings = disc["settings"]
     assert settings["rank_by"] == "d" and settings["redundancy"] == rd.REDUNDANCY
+    assert settings["gate"] == 0.0 and not settings["isolates"] and disc["features"] is features
     assert settings["k_data"] == rd.default_k(len(features)) and settings["n_prompts"] == len(set(keys))
     clusters = disc["clusters"]
     links = clusters.loc[clusters["feature"].isin(range(96, 100)), "cluster"]
@@ -43,10 +45,30 @@ def test_discover_finds_links_in_the_prompt_view_and_records_its_settings(organi
     assert disc["u"][m].mean() == pytest.approx(has_links.mean() * 4 / len(members), abs=0.01)
     assert top["delta"] > 3 * disc["u"][m].mean()  # dataset-wide the links are diluted
     # the same discovery under the shipped key: the same clusters, possibly another order
-    shipped = rd.discover(features, keys, resolution=1.0, n_boot=0)
+    shipped = rd.discover(features, keys, resolution=1.0, n_boot=0, gate=0.0, isolates=False)
     assert shipped["settings"]["rank_by"] == rd.RANK_BY
     assert (shipped["clusters"]["cluster"] == clusters["cluster"]).all()
     assert set(shipped["ranked"]["concept"]) == set(ranked["concept"])
+
+
+def test_discover_gates_weak_firings_and_still_finds_links(organism):
+    features, keys, family, has_links = organism
+    plain = rd.discover(features, keys, resolution=1.0, n_boot=0, gate=0.0, isolates=False)
+    disc = rd.discover(features, keys, resolution=1.0, n_boot=0)  # the shipped gate and isolates
+    settings = disc["settings"]
+    assert settings["gate"] == rd.GATE and settings["isolates"] == rd.ISOLATES
+    gated = disc["features"]
+    assert gated is not features and gated.meta["gate_rho"] == rd.GATE
+    assert gated.freq["chosen"].nnz < features.freq["chosen"].nnz  # weak firings are gone
+    top = disc["prompt_rows"].iloc[0]  # links after resource prompts survive the gate
+    clusters = disc["clusters"]
+    members = set(clusters.loc[clusters["cluster"] == top["concept"], "feature"])
+    assert members & set(range(96, 100)) and top["direction"] == "chosen"
+    assert set(family[disc["prompt_labels"] == top["group"]]) == {7}
+    # the links fire at 0.03-0.1, so the gate (0.5 x 0.1) drops those below 0.05, about 2 in 7
+    m_plain = int(plain["clusters"].loc[plain["clusters"]["feature"] == 96, "cluster"].iloc[0])
+    assert 0 < disc["u"][top["concept"]].mean() * len(members) < plain["u"][m_plain].mean() * (
+        plain["clusters"]["cluster"] == m_plain).sum()
 
 
 def test_discover_rejects_bad_settings_before_clustering(organism):
@@ -55,3 +77,5 @@ def test_discover_rejects_bad_settings_before_clustering(organism):
         rd.discover(features, keys, rank_by="t")
     with pytest.raises(ValueError, match="covariate must be one of"):
         rd.discover(features, keys, covariate="size")
+    with pytest.raises(ValueError, match="rho must be in"):
+        rd.discover(features, keys, gate=1.5)
