@@ -410,7 +410,7 @@ def cluster_features_sweep(
     out = {}
     for resolution in resolutions:
         cluster = np.full(d_sae, -1, dtype=np.int64)
-        if g is not None:
+        if g is not None and g.vcount():  # isolates can leave no feature in the graph
             part = leidenalg.find_partition(g, leidenalg.RBConfigurationVertexPartition, weights="weight",
                                             resolution_parameter=resolution, seed=seed)
             memb = np.asarray(part.membership)

@@ -242,5 +242,8 @@ def test_cluster_features_isolates_are_concepts_of_one_feature():
         found = [set(df.loc[df.cluster == c, "feature"]) for c in set(df.cluster) - {-1} if (df.cluster == c).sum() > 1]
         assert sorted(map(sorted, found)) == sorted(map(sorted, [set(g) for g in groups]))
         assert df.loc[df.feature.isin(planted), "cluster"].max() < alone.cluster.min()  # communities first
+    noise, _ = _planted(groups=())  # a cut at the largest NMI: every candidate is an isolate, no graph is left
+    alone = cluster_features(noise, graph="knn", n_neighbors=3, top_percentile=100, isolates=True, seed=0)
+    assert alone.attrs["n_isolates"] == (alone.n_fires >= 5).sum() and (alone.cluster_size <= 1).all()
     without = cluster_features(feats, graph="knn", n_neighbors=3, top_percentile=98.5, seed=0)
     assert without.attrs["n_isolates"] == 0 and (without.cluster_size != 1).all()
