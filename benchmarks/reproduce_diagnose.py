@@ -385,8 +385,12 @@ def match_rows(table: pd.DataFrame, labels: np.ndarray, auc: pd.DataFrame, pairs
     return pd.DataFrame(out, index=table.index)
 
 
-def score_against_truth(pairs: list[dict], features, disc: dict, *, tops=(10, 20), seed: int = 0) -> dict:
-    """GROUND TRUTH is read here and only here, after discovery. See the module docstring."""
+def score_against_truth(pairs: list[dict], features, disc: dict, *, tops=(10, 20), seed: int = 0,
+                        ungated=None) -> dict:
+    """GROUND TRUTH is read here and only here, after discovery. See the module docstring.
+
+    ungated: the features before `gate_weak_firing`; when given, ``detail`` also reports recall at
+    each top-k with the clusters' AUROC taken on them (``recall_top{k}_ungated_scores``)."""
     from anatomy import cluster_scores, paired_stats, preference_regression
     from anatomy.concepts import annotate
 
@@ -401,6 +405,10 @@ def score_against_truth(pairs: list[dict], features, disc: dict, *, tops=(10, 20
     auc = auroc_matrix(stacked[rows], units[label_cols])
     auc.index.name = "cluster"
 
+    def cluster_auroc(feats) -> pd.DataFrame:
+        spans = [cluster_scores(feats, clusters, stat="freq", span=s).to_numpy() for s in ("chosen", "rejected")]
+        return auroc_matrix(np.vstack(spans)[rows], units[label_cols])
+
     ranked = disc["ranked"].copy()
     ranked = pd.concat([ranked, match_rows(ranked, disc["data_labels"], auc, pairs_df)], axis=1)
     prompt_rows = disc["prompt_rows"]
@@ -408,6 +416,8 @@ def score_against_truth(pairs: list[dict], features, disc: dict, *, tops=(10, 20
     prompt_top = pd.concat([prompt_top, match_rows(prompt_top, disc["prompt_labels"], auc, pairs_df)], axis=1)
 
     headline, detail = {}, {}
+    ungated_matches = (match_rows(ranked, disc["data_labels"], cluster_auroc(ungated), pairs_df)["matches"]
+                       if ungated is not None and ungated is not features else None)
     for k in tops:
         top = ranked.head(k)
         found = {c: bool(any(c in m.split(",") for m in top["matches"])) for c in RECALL_CONCEPTS}
@@ -424,6 +434,9 @@ def score_against_truth(pairs: list[dict], features, disc: dict, *, tops=(10, 20
             "recall_strict": float(np.mean([c in set(top["matches_strict"]) for c in RECALL_CONCEPTS])),
             "precision_strict": float(top["matches_strict"].isin(PLANTED).mean()),
         }
+        if ungated_matches is not None:  # the same rows, the clusters read on the features before the gate
+            detail[f"top{k}"]["recall_ungated_scores"] = float(np.mean(
+                [any(c in m.split(",") for m in ungated_matches.head(k)) for c in RECALL_CONCEPTS]))
 
     # per-concept paired tests on annotator counts (text concepts: the annotators are exact)
     ann_c = annotate([p["chosen"] for p in pairs], list(CONCEPTS))
@@ -698,7 +711,7 @@ def main(argv=None) -> dict:
                     covariate=args.covariate, graph=args.graph,
                     n_neighbors=args.n_neighbors, redundancy=args.redundancy,
                     rank_by=args.rank_by, gate=args.gate, isolates=args.isolates, seed=args.seed)
-    features = disc["features"]  # what discovery read (gated): the clusters are scored on it
+    raw_features, features = features, disc["features"]  # what discovery read (gated): the clusters are scored on it
     timings["discover"] = time.perf_counter() - t
     timings.update({f"discover_{k}": v for k, v in disc["timings"].items()})
     st = disc["settings"]
@@ -716,7 +729,7 @@ def main(argv=None) -> dict:
 
     # ---- scoring: the ground truth, read only now
     t = time.perf_counter()
-    scored = score_against_truth(pairs, features, disc, seed=args.seed)
+    scored = score_against_truth(pairs, features, disc, seed=args.seed, ungated=raw_features)
     sensitivity = covariate_sensitivity(pairs, features, disc, seed=args.seed)
     timings["score"] = time.perf_counter() - t
     bench = None
