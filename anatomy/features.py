@@ -227,7 +227,6 @@ def gate_weak_firing(features: PairFeatures, rho: float = 0.5,
                         {**features.meta, "gate_rho": rho})
 
 
-
 def _as_span_tuple(span: str | Sequence[str]) -> tuple[str, ...]:
     return (span,) if isinstance(span, str) else tuple(span)
 
@@ -388,10 +387,8 @@ def cluster_features_sweep(
             threshold = float(np.percentile(nmi[iu, ju], top_percentile))
             del iu, ju
         if isolates:  # no partner above the cut: a concept of its own, out of the graph
-            off = nmi.copy()
-            np.fill_diagonal(off, 0.0)
-            alone = off.max(axis=1) <= threshold
-            del off
+            np.fill_diagonal(nmi, 0.0)  # (nothing below reads the diagonal)
+            alone = nmi.max(axis=1) <= threshold
             isolated, cand = cand[alone], cand[~alone]
             nmi = nmi[np.ix_(~alone, ~alone)]
         if graph == "threshold":

@@ -389,8 +389,8 @@ def score_against_truth(pairs: list[dict], features, disc: dict, *, tops=(10, 20
                         ungated=None) -> dict:
     """GROUND TRUTH is read here and only here, after discovery. See the module docstring.
 
-    ungated: the features before `gate_weak_firing`; when given, ``detail`` also reports recall at
-    each top-k with the clusters' AUROC taken on them (``recall_top{k}_ungated_scores``)."""
+    ungated: the features before `gate_weak_firing`; when given, ``detail["top{k}"]`` also reports
+    ``recall_ungated_scores``: recall with the clusters' AUROC taken on them."""
     from anatomy import cluster_scores, paired_stats, preference_regression
     from anatomy.concepts import annotate
 
@@ -398,16 +398,16 @@ def score_against_truth(pairs: list[dict], features, disc: dict, *, tops=(10, 20
     assert list(pairs_df["id"]) == list(features.ids), "pairs and features are not in the same order"
     clusters = disc["clusters"]
     units = response_units(pairs)
-    per_span = {s: cluster_scores(features, clusters, stat="freq", span=s).to_numpy() for s in ("chosen", "rejected")}
-    stacked = np.vstack([per_span["chosen"], per_span["rejected"]])
     rows = units["row"].to_numpy() + len(pairs) * (units["span"].to_numpy() == "rejected")
     label_cols = list(CONCEPTS) + [f"kind_{k}" for k in REJECTED_KINDS]
-    auc = auroc_matrix(stacked[rows], units[label_cols])
-    auc.index.name = "cluster"
 
-    def cluster_auroc(feats) -> pd.DataFrame:
+    def cluster_auroc(feats) -> pd.DataFrame:  # [clusters, label_cols]: each cluster's freq-sum per response
         spans = [cluster_scores(feats, clusters, stat="freq", span=s).to_numpy() for s in ("chosen", "rejected")]
-        return auroc_matrix(np.vstack(spans)[rows], units[label_cols])
+        auc = auroc_matrix(np.vstack(spans)[rows], units[label_cols])
+        auc.index.name = "cluster"
+        return auc
+
+    auc = cluster_auroc(features)
 
     ranked = disc["ranked"].copy()
     ranked = pd.concat([ranked, match_rows(ranked, disc["data_labels"], auc, pairs_df)], axis=1)
