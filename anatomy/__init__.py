@@ -35,6 +35,7 @@ _EXPORTS = {
                "evaluate_direction", "fit_probe", "heldout_auroc", "last_token_activations", "project",
                "project_spans", "refusal_direction"],
     "saes": ["collect_activations", "load_sae", "sae_metrics", "train_sae"],
+    "fingerprint": ["pairs_digest", "weights_fingerprint"],
     "features": ["PairFeatures", "cluster_features", "cluster_features_sweep", "cluster_scores", "feature_summaries",
                  "gate_weak_firing", "label_clusters", "label_features"],
 }
