@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "cache": ["PairActivations", "cache_pairs", "load_pair_activations", "stream_pair_activations"],
+    "cache": ["CacheError", "PairActivations", "cache_pairs", "load_pair_activations", "stream_pair_activations"],
     "contrast": ["paired_stats", "plot_hypotheses", "plot_volcano", "preference_regression"],
     "evals": ["annotator_scorer", "direction_scorer", "distinct_n", "measure", "repetition_rate", "rollouts",
               "sae_scorer"],
@@ -37,6 +37,7 @@ _EXPORTS = {
     "saes": ["collect_activations", "load_sae", "sae_metrics", "train_sae"],
     "fingerprint": ["pairs_digest", "weights_fingerprint"],
     "features": ["PairFeatures", "cluster_features", "cluster_features_sweep", "cluster_scores", "feature_summaries",
+                 "load_pair_features",
                  "gate_weak_firing", "label_clusters", "label_features"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
