@@ -192,7 +192,10 @@ def _block_tests(c: np.ndarray, r: np.ndarray, work: np.ndarray,
     if n > 1:  # two-pass variance (deviations from the mean), as np.std
         sd = np.sqrt(ss / (n - 1))
         with np.errstate(invalid="ignore", divide="ignore"):
-            d_z = np.where(sd > 0, mean / sd, 0.0)
+            # a gap that is the same in every pair (sd 0, up to rounding) is infinitely consistent
+            const = sd <= 1e-12 * np.abs(mean)
+            d_z = np.where(const, np.copysign(np.inf, mean), mean / sd)
+            d_z = np.where((mean == 0) & (sd == 0), 0.0, d_z)
     else:
         d_z = np.zeros(k)
 
@@ -301,7 +304,8 @@ def paired_stats(chosen: pd.DataFrame, rejected: pd.DataFrame, *, n_boot: int = 
       p_wilcoxon — Wilcoxon signed-rank, zero_method="wilcox", normal approximation with tie
         correction, no continuity correction, = ``scipy.stats.wilcoxon(d, zero_method=
         "wilcox", correction=False, method="approx").pvalue``; 1 if all d are 0 (scipy: NaN);
-      d_z — Cohen's d_z = mean(d) / sd(d, ddof=1); 0 when sd is 0 or undefined (n = 1);
+      d_z — Cohen's d_z = mean(d) / sd(d, ddof=1); +-inf when every pair has the same
+        nonzero gap (sd 0), 0 when every gap is 0 or sd is undefined (n = 1);
       p_superiority — P(chosen > rejected) + 0.5 P(tie) = (n_pos + n_zero / 2) / n;
       q_sign, q_wilcoxon — Benjamini–Hochberg over the concepts (statsmodels
         ``multipletests(method="fdr_bh")``);
@@ -517,7 +521,9 @@ def plot_volcano(stats: pd.DataFrame, *, effect: str = "d_z", p: str = "q_wilcox
     Points are coloured "chosen" / "rejected" when ``p < alpha`` (by the sign of ``effect``)
     and "not significant" otherwise; a dashed line marks -log10(alpha). The hover shows the
     label, effect, p and, when the table has them, mean_gap and its CI. p = 0 is drawn at
-    the smallest positive float. Returns a plotly ``go.Figure``.
+    the smallest positive float; an infinite effect (``d_z`` of a gap that is the same in every
+    pair) is drawn as a triangle at the edge of the plot, on its side, and hovers as inf.
+    Returns a plotly ``go.Figure``.
     """
     import plotly.graph_objects as go
 
@@ -528,13 +534,16 @@ def plot_volcano(stats: pd.DataFrame, *, effect: str = "d_z", p: str = "q_wilcox
     pv = stats[p].to_numpy(dtype=float)
     y = -np.log10(np.clip(pv, np.finfo(float).tiny, None))
     eff = stats[effect].to_numpy(dtype=float)
+    finite = np.isfinite(eff)
+    edge = 1.15 * max(1.0, float(np.abs(eff[finite]).max()) if finite.any() else 1.0)
+    x = np.where(np.isinf(eff), np.sign(eff) * edge, eff)
     group = np.where(pv < alpha, np.where(eff > 0, "chosen", np.where(eff < 0, "rejected",
                                                                          "not significant")),
                      "not significant")
     ci_cols = _ci_columns(stats)
     extra = [c for c in ("mean_gap",) if c in stats] + (list(ci_cols) if ci_cols else [])
-    hover = f"%{{text}}<br>{effect}=%{{x:.3g}}<br>{p}=%{{customdata[0]:.3g}}"
-    for j, c in enumerate(extra, start=1):
+    hover = f"%{{text}}<br>{effect}=%{{customdata[1]:.3g}}<br>{p}=%{{customdata[0]:.3g}}"
+    for j, c in enumerate(extra, start=2):
         hover += f"<br>{c}=%{{customdata[{j}]:.3g}}"
     colours = {"chosen": "#1f77b4", "rejected": "#d62728", "not significant": "#b0b0b0"}
     fig = go.Figure()
@@ -544,9 +553,11 @@ def plot_volcano(stats: pd.DataFrame, *, effect: str = "d_z", p: str = "q_wilcox
             continue
         sub = stats[m]
         fig.add_trace(go.Scatter(
-            x=eff[m], y=y[m], mode="markers", name=name, marker={"color": colour, "size": 7},
+            x=x[m], y=y[m], mode="markers", name=name,
+            marker={"color": colour, "size": 7, "symbol": np.where(
+                np.isinf(eff[m]), np.where(eff[m] > 0, "triangle-right", "triangle-left"), "circle").tolist()},
             text=sub[label].astype(str), customdata=np.column_stack(
-                [pv[m]] + [sub[c].to_numpy(dtype=float) for c in extra]),
+                [pv[m], eff[m]] + [sub[c].to_numpy(dtype=float) for c in extra]),
             hovertemplate=hover + "<extra></extra>"))
     fig.add_hline(y=-np.log10(alpha), line_dash="dash", line_color="grey",
                   annotation_text=f"{p} = {alpha}")
