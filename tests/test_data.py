@@ -522,7 +522,12 @@ _JSON = st.recursive(
     max_leaves=8)
 _MESSAGE = st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system", "tool"]),
                                   "content": _ANY_TEXT | _JSON})
+_NEAR_VALID = st.fixed_dictionaries(  # mostly valid pairs whose metadata and texts vary
+    {"prompt": st.sampled_from(["q?", "Say hi.", "", "\u200b"]) | _ANY_TEXT,
+     "chosen": st.sampled_from(["Yes.", "No.", "\x00"]) | _ANY_TEXT, "rejected": st.sampled_from(["Maybe.", "No."])},
+    optional={"score": _JSON, "id": st.sampled_from(["a", "b", "c"])})
 _ROW = st.one_of(
+    _NEAR_VALID, _NEAR_VALID,
     _JSON,
     st.fixed_dictionaries({"prompt": _ANY_TEXT | st.lists(_MESSAGE, max_size=3) | _JSON,
                            "chosen": _ANY_TEXT | st.lists(_MESSAGE, max_size=2), "rejected": _ANY_TEXT | _JSON},
