@@ -7,7 +7,8 @@ Stages (one module each): ``models`` (load the model, format pairs), ``data``
 lens: load, train, measure), ``features`` (per-span feature summaries, concept
 clusters, offline labels),
 ``contrast`` (paired statistics of chosen vs rejected concept scores), ``hypotheses``
-(the global and prompt-conditioned views, ranked), ``train`` (shaped DPO), ``evals``
+(the global and prompt-conditioned views, ranked), ``interventions`` (a Plan of
+per-concept decisions compiled into the shaping of DPO), ``train`` (shaped DPO), ``evals``
 (rollouts and their scores), ``predict`` (predicted vs observed shift), ``viz``.
 
 Names are imported lazily (PEP 562), so ``import anatomy`` is fast and a stage's
@@ -27,6 +28,8 @@ _EXPORTS = {
                    "prompt_conditioned_hypotheses", "rank_hypotheses", "show_examples", "signed_disparity",
                    "symmetric_activity"],
     "predict": ["compare", "observed_shift", "predict_shift", "predict_shift_from_features"],
+    "interventions": ["ConceptRef", "Decision", "METHODS", "Plan", "TrainInputs", "compile_plan", "concept_scores",
+                      "concept_spans", "concept_vector"],
     "train": ["TrainConfig", "TrainResult", "dpo_loss", "load_train_run", "pair_logprobs", "preference_margins",
               "train_dpo"],
     "data": ["PreferenceDataError", "load_eval_prompts", "load_preferences", "load_prompts_csv"],

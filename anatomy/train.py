@@ -307,6 +307,36 @@ def _apply_token_masks(seqs, token_masks, ids) -> list[tuple[_Seq, _Seq]]:
     return out
 
 
+def _policy_seqs(tokenizer, pairs, seqs, policy_prompts, ids, n_ctx):
+    """The sequences the policy sees: ``seqs`` itself, or each pair's responses under its policy prompt
+    (same completion tokens and count flags, another prompt)."""
+    if policy_prompts is None:
+        return seqs
+    if len(policy_prompts) != len(ids):
+        n = len(policy_prompts)
+        extra = f"; pair {ids[n]!r} (index {n}) has none" if n < len(ids) else ""
+        raise ValueError(f"field 'policy_prompts': {n} entries for {len(ids)} pairs; need one per pair{extra}")
+    out = []
+    for i, (pid, pair_seqs, prompt) in enumerate(zip(ids, seqs, policy_prompts)):
+        if prompt is None:
+            out.append(pair_seqs)
+            continue
+        if not (isinstance(prompt, Sequence) and prompt and all(isinstance(m, dict) and "role" in m and "content" in m
+                                                                 for m in prompt)):
+            raise ValueError(f"pair {pid!r} field 'policy_prompts': need a list of {{'role', 'content'}} messages")
+        row = dict(pairs[i])
+        row["prompt"] = [dict(m) for m in prompt]
+        _, [(c, r)] = _encode(tokenizer, [row], n_ctx)
+        new = []
+        for side, old, seq in (("chosen", pair_seqs[0], c), ("rejected", pair_seqs[1], r)):
+            if seq.ids[seq.n_prompt:] != old.ids[old.n_prompt:]:
+                raise ValueError(f"pair {pid!r} field 'policy_prompts' ({side}): the response tokenises differently "
+                                 "under the policy prompt")
+            new.append(_Seq(seq.ids, seq.n_prompt, seq.n_response, old.count))
+        out.append(tuple(new))
+    return out
+
+
 def _check_hooks(bridge, hooks, what: str = "hooks") -> list[Hook]:
     if not hooks:
         return []
@@ -772,6 +802,8 @@ def train_dpo(
     weights: Sequence[float] | np.ndarray | Tensor | None = None,
     token_masks: Sequence | None = None,
     policy_hooks: Sequence[Hook] | None = None,
+    policy_prompts: Sequence[list[dict] | None] | None = None,
+    shaping_ids: Sequence[str] | None = None,
     lora: dict | None = None,
     seed: int = 0,
     out_dir: str | Path | None = None,
@@ -813,6 +845,13 @@ def train_dpo(
             ``fn(acts, hook=None) -> acts``) applied in the policy forwards only,
             never in the reference pass; removed after every forward + backward
             (also on an error).
+        policy_prompts: per pair the prompt messages the *policy* sees instead of the
+            pair's own (``None`` for all or a pair: the original), e.g. with an
+            inoculation system prompt. The reference log-probs are computed on the
+            original prompts, so ``Δθ`` compares the policy under its prompt with the
+            reference under the pair's; only training sees them.
+        shaping_ids: the pair ids the offsets / weights / masks / prompts were made for
+            (``TrainInputs.train_kwargs()`` passes them): refused if the pairs differ.
         lora: ``None`` for a full fine-tune, else ``peft.LoraConfig`` arguments
             (e.g. ``{"r": 8, "lora_alpha": 16}``; needs peft installed). The
             adapters are merged into the weights at the end (also on an error), so
@@ -856,18 +895,36 @@ def train_dpo(
     if len(pairs) == 0:
         raise ValueError("no pairs to train on")
     ids, seqs = _encode(tok, pairs, _n_ctx(bridge, hf))
+    if shaping_ids is not None and [str(x) for x in shaping_ids] != ids:
+        diff = next((i for i, (a, b) in enumerate(zip(map(str, shaping_ids), ids)) if a != b),
+                    min(len(shaping_ids), len(ids)))
+        raise ValueError(f"field 'shaping_ids': the shaping was compiled for other pairs (first difference at "
+                         f"index {diff}: {list(shaping_ids)[diff] if diff < len(shaping_ids) else None!r} vs "
+                         f"{ids[diff] if diff < len(ids) else None!r}); compile the plan for these pairs")
     off = _per_pair(offsets, "offsets", ids)
     wts = _per_pair(weights, "weights", ids, nonneg=True)
+    if wts is not None and not wts.any():
+        raise ValueError(f"field 'weights': all {len(ids)} weights are 0, so no pair would train the model; "
+                         "keep at least one pair with a weight > 0")
     seqs = _apply_token_masks(seqs, token_masks, ids)
+    pol_seqs = _policy_seqs(tok, pairs, seqs, policy_prompts, ids, _n_ctx(bridge, hf))
     ref = None
     if ref_logps is not None:
         ref = torch.as_tensor(ref_logps, dtype=torch.float64).detach().cpu()
-        if ref.shape != (len(ids), 2) or not torch.isfinite(ref).all():
-            raise ValueError(f"field 'ref_logps': need finite Tensor[{len(ids)}, 2], got shape {tuple(ref.shape)}")
+        if ref.shape != (len(ids), 2):
+            raise ValueError(f"field 'ref_logps': need Tensor[{len(ids)}, 2] (pairs x chosen/rejected), "
+                             f"got shape {tuple(ref.shape)}")
+        bad = (~torch.isfinite(ref)).nonzero()
+        if len(bad):
+            i, j = bad[0].tolist()
+            what = "NaN" if torch.isnan(ref[i, j]) else "infinite"
+            raise ValueError(f"pair {ids[i]!r} field 'ref_logps' ({('chosen', 'rejected')[j]}): {what} "
+                             f"({len(bad)} non-finite value(s) in all); recompute the reference log-probs")
     pad_id = _pad_id(tok)
     _check_head(hf)
 
     tokens_digest = _digest([[s.ids, s.n_prompt, s.count] for pair in seqs for s in pair])
+    policy_digest = None if pol_seqs is seqs else _digest([[s.ids, s.n_prompt] for pair in pol_seqs for s in pair])
     cfg = replace(
         knobs,
         model_name=_model_name(bridge, hf), n_pairs=len(ids), ids_digest=_digest(ids),
@@ -876,6 +933,7 @@ def train_dpo(
             "offsets": None if off is None else _digest(off.tolist()),
             "weights": None if wts is None else _digest(wts.tolist()),
             "token_masks": None if token_masks is None else tokens_digest,
+            **({} if policy_digest is None else {"policy_prompts": policy_digest}),
         },
     )
     out = Path(out_dir) if out_dir is not None else None
@@ -906,7 +964,7 @@ def train_dpo(
             params = [p for p in hf.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the model has no trainable parameters (requires_grad is False everywhere)")
-        history = _train_loop(hf, bridge, seqs, ref, off_t, w_t, params, hooks, cfg, pad_id, device, out, adapters,
+        history = _train_loop(hf, bridge, pol_seqs, ref, off_t, w_t, params, hooks, cfg, pad_id, device, out, adapters,
                               head_bias, progress)
     finally:
         if adapters is not None:
