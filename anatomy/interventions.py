@@ -619,7 +619,7 @@ def compile_plan(
     Raises:
         ValueError: a decision that cannot be compiled (naming it and the missing input).
     """
-    from .train import pair_logprobs
+    from .logprobs import pair_logprobs
 
     if not isinstance(plan, Plan):
         raise TypeError(f"plan must be a Plan, got {type(plan).__name__}")
@@ -754,7 +754,7 @@ def compile_plan(
 
 def _effective_offsets(model, pairs, hooks, prompts, *, beta, batch_size, progress) -> np.ndarray:
     """``β·Δθ`` at the first step: the policy (hooks, prompts) against the reference (neither)."""
-    from .train import pair_logprobs
+    from .logprobs import pair_logprobs
 
     ref = pair_logprobs(model, pairs, batch_size=batch_size, progress=progress)
     seen = pairs if prompts is None else [p if q is None else {**p, "prompt": q} for p, q in zip(pairs, prompts)]
