@@ -7,7 +7,9 @@ Stages (one module each): ``models`` (load the model, format pairs), ``data``
 lens: load, train, measure), ``features`` (per-span feature summaries, concept
 clusters, offline labels),
 ``contrast`` (paired statistics of chosen vs rejected concept scores), ``hypotheses``
-(the global and prompt-conditioned views, ranked), ``train`` (shaped DPO), ``evals``
+(the global and prompt-conditioned views, ranked), ``interventions`` (a Plan of
+per-concept decisions compiled into the shaping of DPO), ``train`` (shaped DPO; its log-prob
+engine in ``logprobs``, run directories and LoRA in ``checkpoints``), ``evals``
 (rollouts and their scores), ``predict`` (predicted vs observed shift), ``viz``.
 
 Names are imported lazily (PEP 562), so ``import anatomy`` is fast and a stage's
@@ -27,8 +29,11 @@ _EXPORTS = {
                    "prompt_conditioned_hypotheses", "rank_hypotheses", "show_examples", "signed_disparity",
                    "symmetric_activity"],
     "predict": ["compare", "observed_shift", "predict_shift", "predict_shift_from_features"],
-    "train": ["TrainConfig", "TrainResult", "dpo_loss", "load_train_run", "pair_logprobs", "preference_margins",
-              "train_dpo"],
+    "interventions": ["ConceptRef", "Decision", "METHODS", "Plan", "TrainInputs", "compile_plan", "concept_scores",
+                      "concept_spans", "concept_vector"],
+    "train": ["TrainConfig", "TrainResult", "dpo_loss", "train_dpo"],
+    "logprobs": ["pair_logprobs", "preference_margins", "sequence_logprobs"],
+    "checkpoints": ["load_train_run"],
     "data": ["PreferenceDataError", "load_eval_prompts", "load_preferences", "load_prompts_csv"],
     "models": ["format_pair", "format_prompt", "load_hf_model", "load_model", "load_tokenizer"],
     "probes": ["Direction", "Probe", "contrastive_prompt_direction", "diff_of_means", "direction_from_labels",
