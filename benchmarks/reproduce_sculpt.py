@@ -323,20 +323,27 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--methods", nargs="+", default=METHOD_ORDER)
+    ap.add_argument("--n-direction-pairs", type=int, default=None,
+                    help="training-split pairs the steering directions are read on (default: the training pairs); "
+                         "the training pairs come first")
     ap.add_argument("--quick", action="store_true",
-                    help="48 pairs x 2 epochs at lr 5e-5, 24 prompts x 2 x 48 tokens, 16 clean, 32 dev pairs")
+                    help="32 pairs x 2 epochs at lr 1e-4, 16 prompts x 2 x 40 tokens, 8 clean pairs, 48 dev pairs, "
+                         "directions read on 64 pairs")
     ap.add_argument("--run-dir", default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     if args.quick:
-        args.n_train, args.epochs, args.lr, args.n_prompts = 48, 2, 5e-5, 24
-        args.max_new_tokens, args.n_clean, args.n_dev = 48, 16, 32
+        args.n_train, args.epochs, args.lr, args.n_prompts = 32, 2, 1e-4, 16
+        args.max_new_tokens, args.n_clean, args.n_dev, args.n_direction_pairs = 40, 8, 48, 64
     tag = "sculpt_quick" if args.quick else "sculpt"
     run_dir = Path(args.run_dir or ROOT / "results" / f"{tag}_runs")
     out_path = Path(args.out or ROOT / "results" / f"{tag}.json")
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     t_start = time.time()
+
+    def log(what: str) -> None:
+        print(f"[{time.time() - t_start:7.0f} s] {what}", flush=True)
 
     from anatomy.evals import annotator_scorer
     from anatomy.logprobs import pair_logprobs
@@ -356,7 +363,11 @@ def main(argv=None) -> dict:
     cal_path = run_dir / "calibration.json"
     cal_key = settings_digest(args, "calibration", None)
     dev_pairs, dev_prompts = dev_setting(train_ds, used, args.n_dev, args.n_prompts, args.seed)
-    directions = label_directions(lens, pairs, hook, args.seed)
+    n_dir = max(args.n_direction_pairs or 0, len(pairs))
+    extra = [train_ds[i] for i in np.random.default_rng(args.seed + 2).permutation(len(train_ds)).tolist()
+             if i not in used][: n_dir - len(pairs)]
+    directions = label_directions(lens, pairs + extra, hook, args.seed)
+    log("directions")
     if cal_path.exists() and json.loads(cal_path.read_text()).get("key") == cal_key:
         cal = json.loads(cal_path.read_text())
     else:
@@ -366,6 +377,7 @@ def main(argv=None) -> dict:
         cal = {"key": cal_key, **calibrate(lens, dev_pairs, dev_dirs, rms, args),
                "seconds": round(time.time() - t0, 1)}
         cal_path.write_text(json.dumps(cal, indent=1))
+    log("calibration")
     strengths = {m: cal["chosen"].get(m) for m in args.methods}
     print(json.dumps({"strengths": strengths}), flush=True)
 
@@ -381,6 +393,7 @@ def main(argv=None) -> dict:
         torch.save(ref, ref_path)
         before = {"key": before_key, **evaluate(lens, lens, prompts, clean, scorers, roll_kw)}
         before_path.write_text(json.dumps(before))
+    log("pre-DPO rollouts")
 
     runs = {}
     for method in args.methods:
@@ -398,7 +411,7 @@ def main(argv=None) -> dict:
         tmp.write_text(json.dumps(run))
         tmp.replace(path)
         runs[method] = run
-        print(f"[{method}] {time.time() - t0:.0f} s", flush=True)
+        log(f"{method} ({time.time() - t0:.0f} s)")
 
     if "plain" not in runs:
         raise SystemExit("the tables need the plain run (--methods plain ...)")
