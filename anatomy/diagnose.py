@@ -722,6 +722,10 @@ def diagnose(pairs, *, model=None, sae=None, config: DiagnoseConfig | None = Non
             source = {"source": type(pairs).__name__, "split": split, "limit": limit, "n_read": len(rows),
                       "n_kept": len(rows), "n_skipped": 0}
         source["pairs_digest"] = pairs_digest(rows)
+        if not rows and bad_rows is not None and len(bad_rows):
+            first = bad_rows.iloc[0]
+            raise DiagnoseError(f"{pairs}: no readable pair in {len(bad_rows)} rows (row {first['index']}, field "
+                                f"{first['field']!r}: {first['reason']})")
         check_enough_pairs(len(rows), cfg)
         model_arg = model if isinstance(model, str) or model is None else None
         model = load_model(model) if model is None or isinstance(model, str) else model
