@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["DiagnoseConfig", "DiagnoseError", "Diagnosis", "choose_resolution", "cluster_size_profile",
+__all__ = ["DiagnoseConfig", "DiagnoseError", "Diagnosis", "choose_resolution", "feature_cache_key", "cluster_size_profile",
            "covariate_matrix", "default_k", "diagnose", "discover", "discovery_view", "label_top_clusters",
            "length_finding", "prompt_keys"]
 
@@ -268,7 +268,7 @@ def length_finding(features, keys: Sequence[str] | None = None, *, n_boot: int =
             "median_gap": med, "ci_low": lo, "ci_high": hi, "ci_method": f"bootstrap ({n_boot}) of the median gap",
             "mean_gap": float(gap.mean()), "share_chosen_longer": float((gap > 0).mean()),
             "share_rejected_longer": float((gap < 0).mean()),
-            "p": float(stats["p_wilcoxon"]), "q": float(stats["q_wilcoxon"]), "test": "wilcoxon signed-rank",
+            "p": float(stats["p"]), "q": float(stats["q"]), "test": "wilcoxon signed-rank",
             "direction": "chosen" if med > 0 else "rejected" if med < 0 else "none",
             "log_ratio_mean": float(length_gap(features).mean())}
 
@@ -657,29 +657,24 @@ def _resolve_sae(sae):
     return sae
 
 
-def check_sae_fits(model, sae) -> str:
-    """The SAE's hook, after checking it exists in ``model`` and the SAE reads its width."""
-    from .saes import sae_hook
+def feature_cache_key(model, sae, pairs: Sequence[dict], hook: str) -> str:
+    """The name of the subdirectory of a ``cache_dir`` that `diagnose` keeps these pairs' features in:
+    a digest of the pair texts, the model's and the SAE's weights fingerprints and the hook.
+    Other data or weights get another subdirectory, so a stale cache is never read (and
+    `feature_summaries` re-checks the same key in its manifest)."""
+    from .fingerprint import digest, pairs_digest, weights_fingerprint
 
-    hook = sae_hook(sae)
-    d_in, d_model = int(sae.cfg.d_in), int(model.cfg.d_model)
-    if d_in != d_model:
-        raise DiagnoseError(f"the SAE reads vectors of d_in={d_in} but the model's residual stream has "
-                            f"d_model={d_model}: this SAE was trained on another model")
-    n_layers = getattr(model.cfg, "n_layers", None)
-    layer = hook.split(".")[1] if hook.startswith("blocks.") else None
-    if n_layers is not None and layer is not None and layer.isdigit() and int(layer) >= n_layers:
-        raise DiagnoseError(f"the SAE reads hook {hook!r} but the model has layers 0..{n_layers - 1}")
-    return hook
+    return "features-" + digest(pairs_digest(pairs), weights_fingerprint(model), weights_fingerprint(sae), hook)
 
 
-def _compute_features(model, sae, pairs, *, cache_dir, progress):
+def _compute_features(model, sae, pairs, *, hook, cache_dir, progress):
     from .features import feature_summaries
 
     view = [discovery_view(p) for p in pairs]
     if cache_dir is None:
-        return feature_summaries(model, sae, view, progress=progress)
-    return feature_summaries(model, sae, view, cache_dir=cache_dir, progress=progress)
+        return feature_summaries(model, sae, view, hook=hook, progress=progress), None
+    sub = Path(cache_dir) / feature_cache_key(model, sae, view, hook)
+    return feature_summaries(model, sae, view, hook=hook, cache_dir=sub, progress=progress), sub
 
 
 def diagnose(pairs, *, model=None, sae=None, config: DiagnoseConfig | None = None,
@@ -693,8 +688,9 @@ def diagnose(pairs, *, model=None, sae=None, config: DiagnoseConfig | None = Non
     model: a `load_model` model or a model id (default: the embedded model).
     sae: a SAELens SAE, a `load_sae` name or directory, or "RELEASE:ID" (default: the shipped SAE).
     config: `DiagnoseConfig` (default: the shipped recipe).
-    cache_dir: reuse / save the feature summaries there (`feature_summaries(cache_dir=...)`: reused
-        only for the same pair texts, model weights, SAE and hook).
+    cache_dir: reuse / save the feature summaries there, in a subdirectory named after the pair
+        texts, model weights, SAE and hook (`feature_cache_key`; `feature_summaries(cache_dir=...)`
+        writes it in resumable shards): features are reused only for the same four.
     progress: a progress bar per stage (and per pair while computing features).
 
     Returns a `Diagnosis` (it keeps the pairs, model and SAE in memory for ``examples`` and
@@ -704,6 +700,7 @@ def diagnose(pairs, *, model=None, sae=None, config: DiagnoseConfig | None = Non
     from .data import load_preferences
     from .fingerprint import pairs_digest, weights_fingerprint
     from .models import load_model
+    from .saes import check_sae_fits, sae_hook
 
     cfg = config or DiagnoseConfig()
     timings: dict = {}
@@ -731,9 +728,13 @@ def diagnose(pairs, *, model=None, sae=None, config: DiagnoseConfig | None = Non
         model = load_model(model) if model is None or isinstance(model, str) else model
         sae_arg = sae if sae is None or isinstance(sae, (str, os.PathLike)) else None
         sae = _resolve_sae(sae)
-        hook = check_sae_fits(model, sae)
+        hook = sae_hook(sae)
+        try:
+            check_sae_fits(sae, model, hook)
+        except ValueError as err:
+            raise DiagnoseError(f"the SAE does not fit the model: {err}") from None
     with _stage("features", timings, progress):
-        raw = _compute_features(model, sae, rows, cache_dir=cache_dir, progress=progress)
+        raw, feature_dir = _compute_features(model, sae, rows, hook=hook, cache_dir=cache_dir, progress=progress)
     diagnosis = discover(raw, prompt_keys(rows), config=cfg, progress=progress, timings=timings)
     labels, details = {}, {}
     if cfg.n_label_pairs and cfg.label_top:
@@ -746,7 +747,7 @@ def diagnose(pairs, *, model=None, sae=None, config: DiagnoseConfig | None = Non
     timings["total"] = round(time.perf_counter() - t_all, 3)
     settings = {**diagnosis.settings, "model": getattr(model.cfg, "model_name", None), "model_arg": model_arg,
                 "model_fingerprint": weights_fingerprint(model), "sae_arg": None if sae_arg is None else str(sae_arg),
-                "sae_fingerprint": weights_fingerprint(sae), "hook": hook, "cache_dir": None if cache_dir is None
-                else str(cache_dir)}
+                "sae_fingerprint": weights_fingerprint(sae), "hook": hook,
+                "features_cache": None if feature_dir is None else str(feature_dir)}
     return replace(diagnosis, labels=labels, label_details=details, settings=_plain(settings), timings=timings,
                    source=_plain(source), bad_rows=bad_rows, pairs=rows, model=model, sae=sae)

@@ -60,13 +60,13 @@ def run_bench(quick: bool = True) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def _ungated(cache: Path | None, diagnosis):
+def _ungated(diagnosis):
     """The features before the gate, read back from the feature cache (None without one)."""
-    if cache is None:
+    if not diagnosis.settings.get("features_cache"):
         return None
     from anatomy.features import load_pair_features
 
-    return load_pair_features(cache)
+    return load_pair_features(diagnosis.settings["features_cache"])
 
 
 # ============================================================================ main
@@ -141,7 +141,7 @@ def main(argv=None) -> dict:
 
     # ---- scoring: the ground truth, read only now
     t = time.perf_counter()
-    ungated = diagnosis.features if not args.gate else _ungated(cache, diagnosis)
+    ungated = diagnosis.features if not args.gate else _ungated(diagnosis)
     scored = score_diagnosis(diagnosis, pairs, seed=args.seed, ungated=ungated)
     sensitivity = covariate_sensitivity(diagnosis, pairs, seed=args.seed)
     timings["score"] = time.perf_counter() - t
@@ -157,7 +157,7 @@ def main(argv=None) -> dict:
     top20 = [{"rank": int(r["rank"]), "concept_cluster": int(r["concept"]),
               "label": label_of.get(int(r["concept"]), ""),
               "scope": "all pairs" if r["group"] == -1 else f"data cluster {int(r['group'])}",
-              "direction": r["direction"], "effect": float(r["delta"]), "q": float(r["q"]),
+              "direction": r["direction"], "effect": float(r["effect"]), "q": float(r["q"]),
               "replicated": bool(r["replicated"]), "duplicate_of": int(r["duplicate_of"]),
               "matches": r["matches"], "matches_intended": r["matches_intended"],
               "best_concept": r["best_concept"], "best_concept_auroc": float(r["best_concept_auroc"])}
@@ -167,7 +167,7 @@ def main(argv=None) -> dict:
     record = {
         **{k: headline[k] for k in ("recall_top10", "recall_top20", "precision_top10", "precision_top20",
                                     "controls_min_q", "bench_ratio")},
-        "controls_q": {c: float(scored["annotator_stats"].set_index("concept").at[c, "q_wilcoxon"]) for c in CONTROLS},
+        "controls_q": {c: float(scored["annotator_stats"].set_index("concept").at[c, "q"]) for c in CONTROLS},
         "controls_in_sae_ranking": scored["controls_sae"],
         "links_on_resource_requests": scored["links"],
         "length": diagnosis.length,
@@ -195,7 +195,7 @@ def main(argv=None) -> dict:
             "bench_ratio": "benchmarks/bench_contrast.py " + ("(full)" if args.bench_full else "--quick"),
         },
         "settings": {**{k: v for k, v in st.items() if k != "resolution_profile"},
-                     "sae": args.sae or "shipped", "sae_fingerprint": fp, "organism": args.organism, "features_cache": str(cache) if cache else None,
+                     "sae": args.sae or "shipped", "sae_fingerprint": fp, "organism": args.organism, 
                      "features_reused": reused, "threads": torch.get_num_threads(),
                      "n_label_pairs": args.n_label_pairs},
         "resolution_profile": st["resolution_profile"],
@@ -210,7 +210,7 @@ def main(argv=None) -> dict:
     g = scored["ranked"].head(50).assign(view="global")
     p = scored["prompt_top"].reset_index(drop=True)
     p = p.assign(view="prompt", rank=np.arange(1, len(p) + 1))
-    cols = ["view", "rank", "group", "n_in", "concept", "label", "direction", "delta", "ci_low", "ci_high", "p", "q",
+    cols = ["view", "rank", "group", "n", "concept", "label", "direction", "effect", "ci_low", "ci_high", "p", "q",
             "d", "delta_a", "delta_b", "delta_min", "replicated", "consistent", "test", "matches", "matches_strict",
             "matches_wrong_sign", "matches_intended", "best_concept", "best_concept_auroc"]
     table = pd.concat([g, p], ignore_index=True)
@@ -218,7 +218,7 @@ def main(argv=None) -> dict:
     table[cols].to_csv(out.parent / f"{out.name}_hypotheses.csv", index=False, float_format="%.5g")
 
     with pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_colwidth", 40):
-        shown = ["rank", "group", "concept", "label", "direction", "delta", "q", "replicated", "matches",
+        shown = ["rank", "group", "concept", "label", "direction", "effect", "q", "replicated", "matches",
                  "matches_intended", "best_concept", "best_concept_auroc"]
         print(table[table.view == "global"].head(20)[shown].round(3).to_string(index=False))
         print(scored["per_concept"][["concept", "truth_rate", "annotator_mean_gap", "annotator_q_wilcoxon",

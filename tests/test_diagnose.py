@@ -15,7 +15,6 @@ from anatomy.diagnose import (
     DiagnoseConfig,
     DiagnoseError,
     Diagnosis,
-    check_sae_fits,
     diagnose,
     length_finding,
 )
@@ -147,16 +146,19 @@ def test_diagnose_reads_a_file_and_reports_its_bad_rows(tiny, tmp_path):
     assert d.labels == {}
 
 
-def test_too_few_pairs_and_a_mismatched_sae_are_named(tiny):
-    model, sae = tiny
+def test_too_few_pairs_and_a_mismatched_sae_are_named(tiny, model):
+    tiny_model, tiny_sae = tiny
     with pytest.raises(DiagnoseError, match="12 pairs are too few to cluster"):
-        diagnose(organism_pairs(12), model=model, sae=sae, progress=False)
+        diagnose(organism_pairs(12), model=tiny_model, sae=tiny_sae, progress=False)
+    # the tiny SAE (d_in 32, blocks.0) on the default model (d_model 576)
+    with pytest.raises(DiagnoseError, match="does not fit the model: SAE field 'd_in' = 32 does not match the "
+                                            "model's d_model = 576"):
+        diagnose(organism_pairs(), model=model, sae=tiny_sae, progress=False)
     from anatomy.saes import load_sae, shipped_saes
 
-    if not shipped_saes():
-        pytest.skip("no SAE shipped")
-    with pytest.raises(DiagnoseError, match="d_in=576 but the model's residual stream has d_model=32"):
-        check_sae_fits(model, load_sae())
+    if shipped_saes():  # the shipped SAE reads layer 12; the tiny model has 2
+        with pytest.raises(DiagnoseError, match="does not fit the model: SAE field 'hook_name'"):
+            diagnose(organism_pairs(), model=tiny_model, sae=load_sae(), progress=False)
 
 
 def test_length_finding_on_known_lengths():
@@ -230,3 +232,37 @@ def test_command_line_errors_are_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert exit_info.value.code == 2 and "\n" not in err and "Traceback" not in err
         assert err.startswith("anatomy diagnose: error: ") and message in err
+
+
+# ---------------------------------------------------------------- feature cache
+def _same_features(a, b) -> bool:
+    return a.ids == b.ids and all((a.max[s] != b.max[s]).nnz == 0 and (a.freq[s] != b.freq[s]).nnz == 0
+                                  for s in a.spans)
+
+
+def test_cache_reuses_only_the_same_texts_and_weights(tiny, tokenizer, tmp_path):
+    from test_train import make_tiny
+
+    _, sae = tiny
+    model = make_tiny(tokenizer)  # trained in place below: not the shared fixture
+    cfg = DiagnoseConfig(min_size=5, n_boot=0, n_label_pairs=0)
+    pairs = organism_pairs(24)
+    first = diagnose(pairs, model=model, sae=sae, config=cfg, cache_dir=tmp_path, progress=False)
+    cache = first.settings["features_cache"]
+    again = diagnose(pairs, model=model, sae=sae, config=cfg, cache_dir=tmp_path, progress=False)
+    assert again.settings["features_cache"] == cache and _same_features(first.features, again.features)
+    # one pair's text edited: another key, features recomputed, equal to an uncached run
+    edited = [dict(p) for p in pairs]
+    edited[5]["chosen"] = "**Certainly!** " + edited[5]["chosen"]
+    e = diagnose(edited, model=model, sae=sae, config=cfg, cache_dir=tmp_path, progress=False)
+    fresh = diagnose(edited, model=model, sae=sae, config=cfg, progress=False)
+    assert e.settings["features_cache"] != cache and _same_features(e.features, fresh.features)
+    assert not _same_features(e.features, first.features)
+    # weights trained in place (one optimiser-like step): recomputed too
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    w = diagnose(pairs, model=model, sae=sae, config=cfg, cache_dir=tmp_path, progress=False)
+    assert w.settings["features_cache"] not in (cache, e.settings["features_cache"])
+    assert _same_features(w.features, diagnose(pairs, model=model, sae=sae, config=cfg, progress=False).features)
+    assert not _same_features(w.features, first.features)
