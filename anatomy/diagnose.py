@@ -34,7 +34,9 @@ import hashlib
 import json
 import math
 import os
+import sys
 import time
+import types
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -751,3 +753,15 @@ def diagnose(pairs, *, model=None, sae=None, config: DiagnoseConfig | None = Non
                 "features_cache": None if feature_dir is None else str(feature_dir)}
     return replace(diagnosis, labels=labels, label_details=details, settings=_plain(settings), timings=timings,
                    source=_plain(source), bad_rows=bad_rows, pairs=rows, model=model, sae=sae)
+
+
+class _CallableModule(types.ModuleType):
+    """``import anatomy.diagnose`` binds ``anatomy.diagnose`` to this module, which shadows the
+    function re-exported under the same name; calling the module calls the function, so
+    ``anatomy.diagnose(pairs)`` works whichever of the two the name holds."""
+
+    def __call__(self, *args, **kwargs) -> Diagnosis:
+        return diagnose(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
