@@ -20,8 +20,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m anatomy prepare
 	touch $(STAMP)
 
+# the audit of a seeded subset of the organism (600 pairs), scored against what was planted -> results/demo/
 demo: install
-	$(PY) -m anatomy demo
+	$(PY) -m anatomy demo --threads 2
 
 test: install
 	$(PY) -m pytest -q
@@ -32,7 +33,7 @@ bench: install
 organism: install
 	$(PY) -m anatomy.organism build --seed 0
 
-# issue 5: the diagnosis of the organism, scored against its ground truth -> results/diagnose.json
+# the diagnosis of the organism, scored against its ground truth -> results/diagnose.json
 reproduce-diagnose: install
 	$(PY) benchmarks/reproduce_diagnose.py --features-dir results/features
 

@@ -28,6 +28,8 @@ _EXPORTS = {
     "hypotheses": ["data_clusters", "global_hypotheses", "hypotheses_table", "prompt_clusters",
                    "prompt_conditioned_hypotheses", "rank_hypotheses", "show_examples", "signed_disparity",
                    "symmetric_activity"],
+    "diagnose": ["DiagnoseConfig", "DiagnoseError", "Diagnosis", "diagnose"],
+    "organism": ["score_diagnosis"],
     "predict": ["compare", "observed_shift", "predict_shift", "predict_shift_from_features", "recovery"],
     "interventions": ["ConceptRef", "Decision", "METHODS", "Plan", "TrainInputs", "compile_plan", "concept_scores",
                       "concept_spans", "concept_vector"],
