@@ -322,8 +322,9 @@ class ShapedDPOTrainer(DPOTrainer):
                                                  truncation_mode=self.args.truncation_mode)
 
     def _precompute_ref_logps(self, dataset, name, batch_size):
-        """Supplied reference log-probs are kept; else TRL computes them (on the reference prompts, with
-        the token masks); then the offsets are folded in: ``ref_chosen' = ref_chosen − offset/β``."""
+        """Supplied reference log-probs are kept; else they are computed (TRL's ``compute_ref_log_probs`` on the
+        reference prompts, with the token masks); then the offsets are folded in: ``ref_chosen' = ref_chosen −
+        offset/β``. The columns are added in memory on every process (no cache file to share between ranks)."""
         self._wrap_collator()
         cols = dataset.column_names
         if not all(c in cols for c in REF_COLUMNS):
@@ -332,16 +333,39 @@ class ShapedDPOTrainer(DPOTrainer):
             view = dataset
             if "ref_prompt_ids" in cols:
                 view = view.remove_columns("prompt_ids").rename_column("ref_prompt_ids", "prompt_ids")
-            view = super()._precompute_ref_logps(view.select_columns(keep), name, batch_size)
+            chosen, rejected = self._reference_logps(view.select_columns(keep), name, batch_size)
             dataset = dataset.remove_columns([c for c in REF_COLUMNS if c in cols])
-            for c in REF_COLUMNS:
-                dataset = dataset.add_column(c, view[c])
+            dataset = dataset.add_column("ref_chosen_logps", chosen.tolist())
+            dataset = dataset.add_column("ref_rejected_logps", rejected.tolist())
         if "offset" in dataset.column_names:
             off = np.asarray(dataset["offset"], dtype=np.float64)
             shifted = np.asarray(dataset["ref_chosen_logps"], dtype=np.float64) - off / self.beta
-            dataset = dataset.remove_columns(["offset", "ref_chosen_logps"]).add_column("ref_chosen_logps",
-                                                                                         shifted.tolist())
+            dataset = dataset.remove_columns(["offset", "ref_chosen_logps"])
+            dataset = dataset.add_column("ref_chosen_logps", shifted.tolist())
         return dataset
+
+    def _reference_logps(self, dataset, name, batch_size) -> tuple[np.ndarray, np.ndarray]:
+        """TRL's reference pass (``compute_ref_log_probs`` on accelerate-sharded batches, gathered in order)."""
+        from torch.utils.data import DataLoader
+        from tqdm.auto import tqdm
+
+        loader = self.accelerator.prepare(DataLoader(dataset, batch_size=batch_size, collate_fn=self.data_collator,
+                                                     num_workers=self.args.dataloader_num_workers, shuffle=False))
+        if self.ref_model is None and self.is_deepspeed_enabled:  # as TRL: one inference engine, reused
+            from trl.models import prepare_deepspeed
+
+            if self._precompute_engine is None:
+                self._precompute_engine = prepare_deepspeed(self.model, self.accelerator)
+            model = self._precompute_engine
+        else:
+            model = self.ref_model or self.model
+        chosen, rejected = [], []
+        quiet = self.args.disable_tqdm or not self.is_local_process_zero()
+        for batch in tqdm(loader, desc=f"reference log-probs ({name})", disable=quiet):
+            c, r = self.accelerator.gather_for_metrics(self.compute_ref_log_probs(model, batch))
+            chosen.append(c.detach().double().cpu())
+            rejected.append(r.detach().double().cpu())
+        return torch.cat(chosen).numpy(), torch.cat(rejected).numpy()
 
     # -- loss and training
 
