@@ -1,8 +1,8 @@
 """Shaped DPO on TRL (anatomy.trl): parity with train_dpo in one process and in two, hooks, prompts, export.
 
-The models are tiny random-weight Llamas (tests/trl_worker.py) with the default
-model's tokenizer; the policy and the reference differ, so the per-pair losses
-are not log 2. Tolerances: per-pair losses atol 5e-5 (TRL sums log-probs in
+The models are tiny random-weight Llamas over a byte-level ChatML tokenizer
+(tests/trl_worker.py) on the shortest organism pairs; the policy and the
+reference differ, so the per-pair losses are not log 2. Tolerances: per-pair losses atol 5e-5 (TRL sums log-probs in
 float32, train_dpo in float64; sums of ~100 tokens of ~-10 each), gradients
 rtol 1e-3 / atol 1e-7 (float32 backward passes over differently padded batches).
 """
@@ -41,12 +41,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def tok():
-    from anatomy.models import ModelNotAvailableError, load_tokenizer
-
-    try:
-        return load_tokenizer()
-    except ModelNotAvailableError as err:
-        pytest.skip(f"default tokenizer not installed: {err}")
+    return W.byte_tokenizer()
 
 
 @pytest.fixture(scope="module")

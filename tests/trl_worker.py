@@ -1,5 +1,9 @@
 """One shaped DPO step through ``ShapedDPOTrainer`` on a tiny random-weight Llama, for tests/test_trl.py.
 
+The model is tiny in every dimension, vocabulary included: a byte-level tokenizer
+(256 bytes + the ChatML markers, the default model's chat format) keeps TRL's LM
+head, which on a CPU scores every position against the whole vocabulary, cheap.
+
 Imported by the tests (one process) and launched by them under ``accelerate launch
 --multi_gpu --num_processes 2`` (CPU, gloo): ``python tests/trl_worker.py OUT.pt``.
 Every process builds the same tiny models and pairs; process 0 writes the per-pair
@@ -17,14 +21,34 @@ BETA = 0.1
 N_PAIRS = 4
 
 
+CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def byte_tokenizer():
+    """A byte-level tokenizer (no merges: one token per byte) with ChatML special tokens and chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tk = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tk.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                  additional_special_tokens=["<|im_start|>"], chat_template=CHATML)
+    tok.model_max_length = 4096
+    return tok
+
+
 def tiny_model(tokenizer, seed: int):
-    """A tiny random-weight Llama (2 layers, d_model 32) with the default model's tokenizer."""
+    """A tiny random-weight Llama (2 layers, d_model 32) over ``tokenizer``'s vocabulary."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-        tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+        tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(cfg).eval()
@@ -121,10 +145,8 @@ def shaped_step(tokenizer, out_dir, *, per_device: int, shaped: bool = True, pla
 if __name__ == "__main__":
     from accelerate import PartialState
 
-    from anatomy.models import load_tokenizer
-
     torch.set_num_threads(1)
     state = PartialState(cpu=True)
-    result = shaped_step(load_tokenizer(), sys.argv[1] + ".trl", per_device=N_PAIRS // state.num_processes)
+    result = shaped_step(byte_tokenizer(), sys.argv[1] + ".trl", per_device=N_PAIRS // state.num_processes)
     if state.is_main_process:
         torch.save(result, sys.argv[1])
