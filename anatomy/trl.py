@@ -58,7 +58,8 @@ from trl import DPOTrainer
 
 from .fingerprint import pairs_digest, weights_fingerprint
 from .models import format_pair
-from .train import Hook, _check_hooks, _hooked, _per_pair, pair_logprobs
+from .logprobs import Hook, _check_hooks, _hooked, pair_logprobs
+from .train import _per_pair
 
 CHECKED_TRL = ("1.16.0",)
 SHAPING_COLUMNS = ("weight", "offset", "chosen_token_mask", "rejected_token_mask", "ref_prompt")

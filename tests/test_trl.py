@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -186,11 +185,11 @@ def test_inoculation_prompts_reach_the_policy_not_the_reference(tok, pairs, tmp_
 # ----------------------------------------------------------------------------- export
 
 
-def plan_inputs(pairs, shaping, **extra) -> SimpleNamespace:
-    """A stand-in with TrainInputs' fields."""
-    return SimpleNamespace(ids=[p["id"] for p in pairs], offsets=shaping["offsets"], weights=shaping["weights"],
-                           token_masks=shaping["token_masks"], policy_hooks=[], policy_prompts=None,
-                           summary={"explain_away sycophancy": {"n_pairs": 3}}, **extra)
+def plan_inputs(pairs, shaping):
+    from anatomy.interventions import TrainInputs
+
+    return TrainInputs(ids=[p["id"] for p in pairs], offsets=shaping["offsets"], weights=shaping["weights"],
+                       token_masks=shaping["token_masks"], summary={"explain_away sycophancy": {"n_pairs": 3}})
 
 
 @pytest.mark.parametrize("fmt,name", [("jsonl", "shaped.jsonl"), ("parquet", "shaped.parquet"), ("hf", "shaped")])
@@ -255,4 +254,5 @@ def test_bad_shaping_names_the_pair_and_field(tok, pairs, tmp_path):
         ShapedDPOTrainer(model, None, W.trl_args(tmp_path, 1, loss_type=["ipo"]), pairs=pairs, processing_class=tok,
                          weights=[1, 1, 1, 1])
     with pytest.raises(ValueError, match="not in pairs"):
-        export_shaped(pairs, SimpleNamespace(ids=["nope"]), tmp_path / "x.jsonl")
+        export_shaped(pairs, plan_inputs([{"id": "nope"}], {"offsets": None, "weights": None, "token_masks": None}),
+                      tmp_path / "x.jsonl")
