@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
+    "trl": ["ShapedDPOTrainer", "export_shaped", "load_shaped", "shaped_dataset"],
     "cache": ["CacheError", "PairActivations", "cache_pairs", "load_pair_activations", "stream_pair_activations"],
     "contrast": ["paired_stats", "plot_hypotheses", "plot_volcano", "preference_regression"],
     "evals": ["annotator_scorer", "direction_scorer", "distinct_n", "measure", "perplexity", "repetition_rate",
