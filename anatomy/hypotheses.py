@@ -52,7 +52,7 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
 from .contrast import paired_stats
-from .features import PairFeatures, cluster_scores
+from .features import PairFeatures, cluster_scores, membership_matrix
 
 __all__ = [
     "data_clusters",
@@ -71,7 +71,7 @@ __all__ = [
     "token_feature_scores",
 ]
 
-HYPOTHESIS_COLUMNS = ["view", "group", "n_in", "n_out", "concept", "delta", "ci_low", "ci_high",
+HYPOTHESIS_COLUMNS = ["view", "group", "n", "n_out", "concept", "effect", "ci_low", "ci_high",
                       "statistic", "df", "p", "d", "mean_in", "mean_out", "consistent", "delta_a",
                       "delta_b", "delta_min", "replicated", "q", "direction", "test"]
 TABLE_COLUMNS = ["view", "rank", "scope", "group", "concept", "label", "direction", "effect",
@@ -81,25 +81,6 @@ _CI = 0.95
 
 
 # ---------------------------------------------------------------- inputs
-def _membership(clusters: pd.DataFrame, d_sae: int) -> tuple[sp.csr_matrix, np.ndarray]:
-    """(d_sae, n_clusters) 0/1 membership of features in clusters, and the cluster sizes.
-
-    Columns follow `anatomy.features.cluster_scores`: cluster ids 0 .. max; -1 rows are dropped.
-    """
-    if not isinstance(clusters, pd.DataFrame) or not {"feature", "cluster"} <= set(clusters.columns):
-        raise ValueError("`clusters` must be a DataFrame with columns 'feature' and 'cluster' "
-                         "(anatomy.features.cluster_features)")
-    member = clusters[clusters["cluster"] >= 0]
-    feat = member["feature"].to_numpy(dtype=np.int64)
-    if len(feat) and (feat.min() < 0 or feat.max() >= d_sae):
-        bad = int(feat[(feat < 0) | (feat >= d_sae)][0])
-        raise ValueError(f"`clusters` names feature {bad}, outside the SAE's 0..{d_sae - 1}")
-    n_clusters = int(member["cluster"].max()) + 1 if len(member) else 0
-    M = sp.csr_matrix((np.ones(len(member)), (feat, member["cluster"].to_numpy(dtype=np.int64))),
-                      shape=(d_sae, n_clusters))
-    return M, np.asarray(M.sum(axis=0)).ravel()
-
-
 def _features_spans(features: PairFeatures, spans: Sequence[str]) -> int:
     """Check the spans exist and share the pair count; return d_sae."""
     shapes = set()
@@ -166,7 +147,7 @@ def signed_disparity(features: PairFeatures, clusters: pd.DataFrame, *,
     if tau < 0:
         raise ValueError(f"tau must be >= 0 (a firing-frequency threshold), got {tau}")
     d_sae = _features_spans(features, ("chosen", "rejected"))
-    M, sizes = _membership(clusters, d_sae)
+    M, sizes = membership_matrix(clusters, d_sae)
     M = M @ sp.diags(np.divide(1.0, sizes, out=np.zeros_like(sizes), where=sizes > 0))
     fired = []
     for span in ("chosen", "rejected"):
@@ -472,10 +453,11 @@ def _in_vs_out(u: pd.DataFrame, labels, *, view: str, min_size: int, groups, see
     table = pd.DataFrame({
         "view": view,
         "group": np.repeat(grp, n_concepts),
-        "n_in": np.repeat(full["n_in"], n_concepts).astype(np.int64),
+        "n": np.repeat(full["n_in"], n_concepts).astype(np.int64),
         "n_out": np.repeat(full["n_out"], n_concepts).astype(np.int64),
         "concept": np.tile(np.asarray(u.columns), K),
-        **{c: res[c].ravel() for c in ("delta", "ci_low", "ci_high", "statistic", "df", "p", "d")},
+        "effect": res["delta"].ravel(),
+        **{c: res[c].ravel() for c in ("ci_low", "ci_high", "statistic", "df", "p", "d")},
         "mean_in": full["mean_in"].ravel(),
         "mean_out": full["mean_out"].ravel(),
         "consistent": ((np.sign(full["mean_in"]) == np.sign(res["delta"]))
@@ -486,7 +468,7 @@ def _in_vs_out(u: pd.DataFrame, labels, *, view: str, min_size: int, groups, see
         "replicated": replicated.ravel(),
     })
     table["q"] = _bh(table["p"].to_numpy())
-    table["direction"] = _direction(table["delta"].to_numpy())
+    table["direction"] = _direction(table["effect"].to_numpy())
     table["test"] = "welch: in vs out"
     order = np.lexsort((-np.abs(table["statistic"].to_numpy()),
                         -np.abs(table["delta_min"].to_numpy()), ~table["consistent"].to_numpy()))
@@ -505,14 +487,14 @@ def global_hypotheses(u: pd.DataFrame, labels, *, min_size: int = 10,
     min_size: data clusters with fewer pairs are not tested.
     groups, seed: the split halves (`split_halves`); pass the prompt id as ``groups``.
 
-    Per (k, m): delta = Δ_km = mean u in B_k − mean u over the other active pairs (so a
+    Per (k, m): effect = Δ_km = mean u in B_k − mean u over the other active pairs (so a
     dataset-wide baseline such as "chosen is longer" cancels); statistic = Welch's t (the
     paper's z; equals scipy.stats.ttest_ind(in, out, equal_var=False)), df (Welch–
     Satterthwaite), p (two-sided t), ci_low / ci_high (95% Welch CI of Δ), d (Cohen's d,
     pooled sd); mean_in / mean_out: the two means; consistent: mean_in has Δ's (non-zero)
     sign; delta_a / delta_b: Δ in each split half (in and out both taken in that half);
     replicated: same non-zero sign in both; delta_min: that sign x min(|Δ^A|, |Δ^B|), 0 when
-    not replicated; q: Benjamini–Hochberg over every row of the table; n_in, n_out;
+    not replicated; q: Benjamini–Hochberg over every row of the table; n (pairs in B_k), n_out;
     direction ("chosen" if Δ > 0, "rejected" if < 0); view = "global".
 
     Returns the rows ranked by |delta_min| (then |statistic|) descending — the paper's rule —
@@ -580,17 +562,17 @@ def rank_hypotheses(u: pd.DataFrame, labels, *, conditional: pd.DataFrame | None
     Why both: Δ in-vs-out cancels dataset-wide baselines, so a concept planted in 40% of all
     pairs, uniformly, has Δ ≈ 0 in every data cluster; the dataset-wide rows find it.
 
-    (a) dataset-wide rows (group -1, n_in = all pairs, test "wilcoxon: all pairs", or
+    (a) dataset-wide rows (group -1, n = all pairs, test "wilcoxon: all pairs", or
         "ols intercept (HC3): ..." with covariates):
         per concept, `anatomy.contrast.paired_stats` on u against 0 (u is itself a paired
-        chosen − rejected difference): delta = mean u, ci = percentile bootstrap
+        chosen − rejected difference): effect = mean u, ci = percentile bootstrap
         (``n_boot``), p = Wilcoxon signed-rank, d = d_z. With ``covariates`` (e.g.
         `length_gap`, `mean_disparity`, or both as columns), u is first adjusted by its
-        per-concept OLS slope, so delta is the OLS intercept, the expected u at a zero
+        per-concept OLS slope, so effect is the OLS intercept, the expected u at a zero
         covariate ("beyond length", "beyond the pair's overall shift"), and p is that
         intercept's t-test with HC3 standard errors (test "ols intercept (HC3)"): the
         residuals of a concept present in few pairs are skewed, so a signed-rank test on them
-        would test their pseudo-median, not the mean that delta reports. The bootstrap CI
+        would test their pseudo-median, not the mean that effect reports. The bootstrap CI
         and d_z are of the adjusted u and ignore the slopes' own uncertainty. Split halves
         as for (b).
     (b) conditional rows: ``conditional`` (a `global_hypotheses` table) or computed here.
@@ -598,11 +580,11 @@ def rank_hypotheses(u: pd.DataFrame, labels, *, conditional: pd.DataFrame | None
     q is recomputed by Benjamini–Hochberg over all rows of (a) and (b) together. Ranking,
     same units on both sides (u is a share of a cluster's features): rows that replicate,
     are consistent (see `global_hypotheses`) and have q <= alpha first, then by ``by``:
-      "impact" (default): |delta_min| x n_in / n_pairs — the shift the hypothesis accounts
+      "impact" (default): |delta_min| x n / n_pairs — the shift the hypothesis accounts
           for, averaged over the whole dataset, so a small data cluster with a large Δ does
           not outrank a dataset-wide effect, nor a dataset-wide nudge a strong subgroup;
       "delta_min": |delta_min| (the paper's rule, blind to coverage);
-      "d": |d| x sqrt(n_in / n_pairs) — the standardized effect (for the dataset-wide rows
+      "d": |d| x sqrt(n / n_pairs) — the standardized effect (for the dataset-wide rows
           d_z = t / sqrt(n)), weighted by coverage as "impact" is: a concept whose u is
           consistent but small (a large cluster of which few features move) is not outranked
           by a larger but noisier shift. On five development organisms it raised recall at top
@@ -633,13 +615,13 @@ def rank_hypotheses(u: pd.DataFrame, labels, *, conditional: pd.DataFrame | None
     delta_a, delta_b = Ua[half].mean(axis=0), Ua[~half].mean(axis=0)
     replicated, delta_min = _replication(delta_a, delta_b)
     dataset = pd.DataFrame({
-        "view": "global", "group": -1, "n_in": n, "n_out": 0, "concept": np.asarray(u.columns),
-        "delta": wide["mean_gap"].to_numpy(), "ci_low": wide["ci_low"].to_numpy(),
+        "view": "global", "group": -1, "n": n, "n_out": 0, "concept": np.asarray(u.columns),
+        "effect": wide["effect"].to_numpy(), "ci_low": wide["ci_low"].to_numpy(),
         "ci_high": wide["ci_high"].to_numpy(), "statistic": np.nan, "df": np.nan,
-        "p": wide["p_wilcoxon"].to_numpy() if p_adjusted is None else p_adjusted,
-        "d": wide["d_z"].to_numpy(),
-        "mean_in": wide["mean_gap"].to_numpy(), "mean_out": np.nan,
-        "consistent": wide["mean_gap"].to_numpy() != 0,
+        "p": wide["p"].to_numpy() if p_adjusted is None else p_adjusted,
+        "d": wide["d"].to_numpy(),
+        "mean_in": wide["effect"].to_numpy(), "mean_out": np.nan,
+        "consistent": wide["effect"].to_numpy() != 0,
         "delta_a": delta_a, "delta_b": delta_b, "delta_min": delta_min,
         "replicated": replicated, "q": np.nan, "direction": wide["direction"].to_numpy(),
         "test": "wilcoxon: all pairs" if covariates is None
@@ -648,11 +630,11 @@ def rank_hypotheses(u: pd.DataFrame, labels, *, conditional: pd.DataFrame | None
     parts = [t for t in (dataset, conditional[HYPOTHESIS_COLUMNS]) if len(t)]
     table = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].copy()
     table["q"] = _bh(table["p"].to_numpy(dtype=np.float64))
-    table["impact"] = np.abs(table["delta_min"].to_numpy(dtype=np.float64)) * table["n_in"] / n
+    table["impact"] = np.abs(table["delta_min"].to_numpy(dtype=np.float64)) * table["n"] / n
     passes = (table["replicated"].astype(bool) & table["consistent"].astype(bool)
               & (table["q"] <= alpha))
     key = {"impact": table["impact"], "delta_min": table["delta_min"].abs(),
-           "d": table["d"].abs().fillna(0.0) * np.sqrt(table["n_in"] / n)}[by]
+           "d": table["d"].abs().fillna(0.0) * np.sqrt(table["n"] / n)}[by]
     order = np.lexsort((-np.abs(table["d"].to_numpy(dtype=np.float64)), -key.to_numpy(),
                         ~passes.to_numpy()))
     table = table.iloc[order].reset_index(drop=True)
@@ -771,10 +753,10 @@ def hypotheses_table(u: pd.DataFrame, global_rows: pd.DataFrame | None = None,
             out.append({
                 "view": r.view, "rank": rank, "scope": scope, "group": group,
                 "concept": r.concept, "label": label_of(r.concept), "direction": r.direction,
-                "effect": r.delta, "ci_low": r.ci_low, "ci_high": r.ci_high,
+                "effect": r.effect, "ci_low": r.ci_low, "ci_high": r.ci_high,
                 "ci_method": "welch" if r.test.startswith("welch") else "bootstrap",
                 "test": r.test, "p": r.p, "q": r.q, "d": r.d, "delta_min": r.delta_min,
-                "replicated": bool(r.replicated), "n": int(r.n_in),
+                "replicated": bool(r.replicated), "n": int(r.n),
                 "examples": _examples(values, ids[members], r.direction, n_examples),
             })
         frames.append(pd.DataFrame(out, columns=TABLE_COLUMNS))

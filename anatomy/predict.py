@@ -78,7 +78,7 @@ def predict_shift(
         raise ValueError(f"method must be 'u' or 'z_gap', got {method!r}")
     for name, df in (("chosen_scores", chosen_scores), ("rejected_scores", rejected_scores)):
         if not isinstance(df, pd.DataFrame):
-            raise TypeError(f"{name} must be a DataFrame [pairs, concepts], got {type(df).__name__}")
+            raise ValueError(f"`{name}` must be a pandas DataFrame (pairs x concepts), got {type(df).__name__}")
     c, r = chosen_scores, rejected_scores
     only_c = [x for x in c.columns if x not in set(r.columns)]
     only_r = [x for x in r.columns if x not in set(c.columns)]
@@ -121,18 +121,15 @@ def predict_shift_from_features(features, clusters: pd.DataFrame, *, tau: float 
     Returns:
         Series indexed ``prefix + cluster`` for clusters ``0 .. max`` (named ``"u"``).
     """
-    import scipy.sparse as sp
+    from .features import _check_spans, membership_matrix
 
-    member = clusters[clusters["cluster"] >= 0]
-    if member.empty:
+    if isinstance(clusters, pd.DataFrame) and "cluster" in clusters and not (clusters["cluster"] >= 0).any():
         raise ValueError("clusters has no feature in a cluster (all cluster ids are -1)")
     if len(features) == 0:
         raise ValueError("features has no pairs")
-    n_clusters = int(member["cluster"].max()) + 1
-    d_sae = features.freq["chosen"].shape[1]
-    sizes = np.bincount(member["cluster"].to_numpy(), minlength=n_clusters).astype(float)
-    M = sp.csr_matrix((np.ones(len(member)), (member["feature"].to_numpy(), member["cluster"].to_numpy())),
-                      shape=(d_sae, n_clusters))
+    _check_spans(features, ("chosen", "rejected"))
+    M, sizes = membership_matrix(clusters, features.freq["chosen"].shape[1])
+    n_clusters = M.shape[1]
 
     def fired(span):
         m = features.freq[span].tocsr().copy()
@@ -187,7 +184,7 @@ def observed_shift(
     in ``predict_shift`` and counts as "at least one") or stays ``x``
     (``stat="mean"``). ``before`` / ``after`` are the means over all rollouts
     (equal to the mean of per-prompt means when every prompt has the same number
-    of samples); ``shift = after - before``.
+    of samples); the shift ``effect = after - before``.
 
     The CI is a percentile cluster bootstrap over prompts: each replicate draws
     ``n_prompts`` prompts with replacement and takes *all* samples of each drawn
@@ -202,8 +199,8 @@ def observed_shift(
         n_boot: bootstrap replicates; ``ci``: the interval's coverage; ``seed``: the bootstrap's seed.
 
     Returns:
-        DataFrame indexed by concept: ``before``, ``after``, ``shift``, ``ci_low``,
-        ``ci_high``, ``se`` (bootstrap standard deviation of the shift),
+        DataFrame indexed by concept: ``before``, ``after``, ``effect`` (the shift),
+        ``ci_low``, ``ci_high``, ``se`` (bootstrap standard deviation of the shift),
         ``n_prompts``, ``n_before``, ``n_after`` (rollouts); ``attrs`` holds the settings.
 
     Raises:
@@ -242,7 +239,7 @@ def observed_shift(
     boot = (W @ Sa) / (W @ Na)[:, None] - (W @ Sb) / (W @ Nb)[:, None]
     lo, hi = np.quantile(boot, [(1 - ci) / 2, (1 + ci) / 2], axis=0)
     out = pd.DataFrame({
-        "before": b_mean, "after": a_mean, "shift": a_mean - b_mean, "ci_low": lo, "ci_high": hi,
+        "before": b_mean, "after": a_mean, "effect": a_mean - b_mean, "ci_low": lo, "ci_high": hi,
         "se": boot.std(0, ddof=1) if n_boot > 1 else np.nan,
         "n_prompts": P, "n_before": len(before), "n_after": len(after),
     }, index=pd.Index(concepts, name="concept"))
@@ -261,7 +258,7 @@ def compare(
 
     Args:
         predicted: ``predict_shift`` output (Series by concept).
-        observed: ``observed_shift`` output (uses ``shift`` and, for error bars,
+        observed: ``observed_shift`` output (uses ``effect`` and, for error bars,
             ``ci_low`` / ``ci_high``) or a Series of shifts.
         labels: concept -> text shown beside its point (default: the concept name).
 
@@ -287,10 +284,13 @@ def compare(
     from scipy import stats as st
 
     if not isinstance(predicted, pd.Series):
-        raise TypeError(f"predicted must be a Series by concept, got {type(predicted).__name__}")
-    obs = observed.to_frame("shift") if isinstance(observed, pd.Series) else observed
-    if "shift" not in obs.columns:
-        raise ValueError(f"observed needs a 'shift' column (observed_shift output); columns: {list(obs.columns)}")
+        raise ValueError(f"`predicted` must be a pandas Series by concept, got {type(predicted).__name__}")
+    if not isinstance(observed, (pd.Series, pd.DataFrame)):
+        raise ValueError(f"`observed` must be a pandas DataFrame (observed_shift output) or Series, "
+                         f"got {type(observed).__name__}")
+    obs = observed.to_frame("effect") if isinstance(observed, pd.Series) else observed
+    if "effect" not in obs.columns:
+        raise ValueError(f"observed needs an 'effect' column (observed_shift output); columns: {list(obs.columns)}")
     only_p = [c for c in predicted.index if c not in set(obs.index)]
     only_o = [c for c in obs.index if c not in set(predicted.index)]
     if only_p or only_o:
@@ -299,7 +299,7 @@ def compare(
                          "select the same concepts (a prefix such as 'sae:' may be missing)")
     concepts = list(predicted.index)
     x = predicted.to_numpy(dtype=float)
-    y = obs.loc[concepts, "shift"].to_numpy(dtype=float)
+    y = obs.loc[concepts, "effect"].to_numpy(dtype=float)
     for name, v in (("predicted", x), ("observed", y)):
         if not np.isfinite(v).all():
             raise ValueError(f"{name} shift is not finite for concept(s) "

@@ -443,7 +443,7 @@ def score_against_truth(pairs: list[dict], features, disc: dict, *, tops=(10, 20
     ann_r = annotate([p["rejected"] for p in pairs], list(CONCEPTS))
     ann_c.index = ann_r.index = pairs_df["id"]
     stats = paired_stats(ann_c.astype(float), ann_r.astype(float), n_boot=1000, seed=seed).set_index("concept")
-    headline["controls_min_q"] = float(stats.loc[list(CONTROLS), "q_wilcoxon"].min())
+    headline["controls_min_q"] = float(stats.loc[list(CONTROLS), "q"].min())
     lengths_c = annotate([p["chosen"] for p in pairs], ["length"])["length"].to_numpy()
     lengths_r = annotate([p["rejected"] for p in pairs], ["length"])["length"].to_numpy()
     present_c = (ann_c > 0).astype(float).assign(length=np.log1p(lengths_c))
@@ -459,20 +459,20 @@ def score_against_truth(pairs: list[dict], features, disc: dict, *, tops=(10, 20
         matching = auc.index[auc[c] >= AUROC_MATCH].tolist()
         hit = ranked_rows[ranked_rows["matches"].str.split(",").apply(lambda m: c in m)]
         row = {"concept": c, "truth_rate": truth_rate(pairs_df, c),
-               "annotator_mean_gap": float(stats.at[c, "mean_gap"]),
+               "annotator_mean_gap": float(stats.at[c, "effect"]),
                "annotator_ci_low": float(stats.at[c, "ci_low"]), "annotator_ci_high": float(stats.at[c, "ci_high"]),
-               "annotator_q_wilcoxon": float(stats.at[c, "q_wilcoxon"]),
+               "annotator_q_wilcoxon": float(stats.at[c, "q"]),
                "annotator_q_sign": float(stats.at[c, "q_sign"]),
-               "annotator_d_z": float(stats.at[c, "d_z"]),
-               "bt_coef_heldout_beyond_length": float(reg.at[c, "coef_heldout"]),
-               "bt_p_heldout": float(reg.at[c, "p_heldout"]), "bt_replicated": bool(reg.at[c, "replicated"]),
+               "annotator_d_z": float(stats.at[c, "d"]),
+               "bt_coef_heldout_beyond_length": float(reg.at[c, "effect"]),
+               "bt_p_heldout": float(reg.at[c, "p"]), "bt_replicated": bool(reg.at[c, "replicated"]),
                "best_cluster": best, "best_cluster_auroc": float(auc.at[best, c]),
                "n_matching_clusters": len(matching),
                "best_global_rank_right_sign": int(hit["rank"].min()) if len(hit) else None}
         if len(hit):
             h = hit.iloc[0]
             row.update(best_row_scope="all pairs" if h["group"] == -1 else f"data cluster {int(h['group'])}",
-                       best_row_effect=float(h["delta"]), best_row_q=float(h["q"]),
+                       best_row_effect=float(h["effect"]), best_row_q=float(h["q"]),
                        best_row_replicated=bool(h["replicated"]))
         for k in tops:
             row[f"in_top{k}"] = bool(len(hit) and hit["rank"].min() <= k)
@@ -481,7 +481,7 @@ def score_against_truth(pairs: list[dict], features, disc: dict, *, tops=(10, 20
         if len(p_hit):
             h = prompt_top.iloc[p_hit[0]]
             row.update(best_prompt_row_scope=f"prompt cluster {int(h['group'])}",
-                       best_prompt_row_effect=float(h["delta"]), best_prompt_row_q=float(h["q"]))
+                       best_prompt_row_effect=float(h["effect"]), best_prompt_row_q=float(h["q"]))
         per_concept.append(row)
     per_concept = pd.DataFrame(per_concept)
 
@@ -492,7 +492,7 @@ def score_against_truth(pairs: list[dict], features, disc: dict, *, tops=(10, 20
         controls_sae[c] = [{"cluster": int(r["concept"]), "auroc": float(auc.at[int(r["concept"]), c]),
                             "rank": int(r["rank"]),
                             "scope": "all pairs" if r["group"] == -1 else f"data cluster {int(r['group'])}",
-                            "effect": float(r["delta"]), "q": float(r["q"]), "replicated": bool(r["replicated"]),
+                            "effect": float(r["effect"]), "q": float(r["q"]), "replicated": bool(r["replicated"]),
                             "best_concept": r["best_concept"]} for _, r in rows_c.iterrows()]
     links = links_on_resource_requests(pairs_df, disc, auc, ranked)
     coverage = lens_coverage(features, clusters, units, rows, auc, per_concept, top=max(tops))
@@ -560,27 +560,27 @@ def links_on_resource_requests(pairs_df: pd.DataFrame, disc: dict, auc: pd.DataF
         out["finds_links"] = False
         out["note"] = "no url-matching concept cluster" if not url_clusters else "no prompt row tested"
         return out
-    best = rows.sort_values("delta", ascending=False).iloc[0]
+    best = rows.sort_values("effect", ascending=False).iloc[0]
     m = int(best["concept"])
     raw_mean = float(disc["u"][m].mean())
     cond = disc["global_rows"]
     cond = cond[(cond["concept"] == m) & cond["consistent"]]
-    best_cond = cond.loc[cond["delta"].abs().idxmax()] if len(cond) else None
+    best_cond = cond.loc[cond["effect"].abs().idxmax()] if len(cond) else None
     global_rank = ranked.loc[ranked["concept"] == m, "rank"]
     out.update({
-        "concept_cluster": m, "prompt_cluster": int(best["group"]), "n_in": int(best["n_in"]),
-        "delta_prompt": float(best["delta"]), "ci_low": float(best["ci_low"]), "ci_high": float(best["ci_high"]),
+        "concept_cluster": m, "prompt_cluster": int(best["group"]), "n_in": int(best["n"]),
+        "delta_prompt": float(best["effect"]), "ci_low": float(best["ci_low"]), "ci_high": float(best["ci_high"]),
         "q_prompt": float(best["q"]), "replicated": bool(best["replicated"]), "direction": best["direction"],
         "mean_u_in_resource_cluster": float(best["mean_in"]), "rank_in_prompt_view": int(best["rank"]),
         "global_mean_u": raw_mean,
-        "global_best_data_cluster_delta": float(best_cond["delta"]) if best_cond is not None else None,
+        "global_best_data_cluster_delta": float(best_cond["effect"]) if best_cond is not None else None,
         "global_best_data_cluster_q": float(best_cond["q"]) if best_cond is not None else None,
         "global_rank": int(global_rank.iloc[0]) if len(global_rank) else None,
         "n_global_rows": int(len(ranked)),
     })
     out["finds_links"] = bool(best["direction"] == "chosen" and best["q"] <= 0.05 and best["replicated"])
-    out["ratio_prompt_to_global"] = (float(best["delta"]) / abs(raw_mean)) if raw_mean else float("inf")
-    out["global_much_weaker"] = bool(abs(raw_mean) * 3 <= float(best["delta"])
+    out["ratio_prompt_to_global"] = (float(best["effect"]) / abs(raw_mean)) if raw_mean else float("inf")
+    out["global_much_weaker"] = bool(abs(raw_mean) * 3 <= float(best["effect"])
                                       and (out["global_rank"] is None or out["global_rank"] > 20))
     # the same question for every url-matching cluster: the best global rank any of them reaches
     url_rows = ranked[ranked["concept"].isin(url_clusters)]
@@ -589,9 +589,9 @@ def links_on_resource_requests(pairs_df: pd.DataFrame, disc: dict, auc: pd.DataF
         r = url_rows.sort_values("rank").iloc[0]
         out.update(best_global_url_row={"concept_cluster": int(r["concept"]), "rank": int(r["rank"]),
                                         "scope": "all pairs" if r["group"] == -1 else f"data cluster {int(r['group'])}",
-                                        "effect": float(r["delta"]), "q": float(r["q"])},
-                   ratio_prompt_to_best_global_url_row=float(best["delta"]) / abs(float(r["delta"]))
-                   if r["delta"] else float("inf"))
+                                        "effect": float(r["effect"]), "q": float(r["q"])},
+                   ratio_prompt_to_best_global_url_row=float(best["effect"]) / abs(float(r["effect"]))
+                   if r["effect"] else float("inf"))
     out["definition"] = ("finds_links: the best (resource prompt cluster, url-matching concept cluster) row of "
                          "the prompt view has direction chosen, q <= 0.05 and replicates; global_much_weaker: "
                          "its Δ is >= 3x the cluster's dataset-wide mean u and the cluster is not in the global "
@@ -744,7 +744,7 @@ def main(argv=None) -> dict:
     top20 = [{"rank": int(r["rank"]), "concept_cluster": int(r["concept"]),
               "label": label_of.get(int(r["concept"]), ""),
               "scope": "all pairs" if r["group"] == -1 else f"data cluster {int(r['group'])}",
-              "direction": r["direction"], "effect": float(r["delta"]), "q": float(r["q"]),
+              "direction": r["direction"], "effect": float(r["effect"]), "q": float(r["q"]),
               "replicated": bool(r["replicated"]), "duplicate_of": int(r["duplicate_of"]),
               "matches": r["matches"], "matches_intended": r["matches_intended"],
               "best_concept": r["best_concept"], "best_concept_auroc": float(r["best_concept_auroc"])}
@@ -754,7 +754,7 @@ def main(argv=None) -> dict:
     record = {
         **{k: headline[k] for k in ("recall_top10", "recall_top20", "precision_top10", "precision_top20",
                                     "controls_min_q", "bench_ratio")},
-        "controls_q": {c: float(scored["annotator_stats"].set_index("concept").at[c, "q_wilcoxon"]) for c in CONTROLS},
+        "controls_q": {c: float(scored["annotator_stats"].set_index("concept").at[c, "q"]) for c in CONTROLS},
         "controls_in_sae_ranking": scored["controls_sae"],
         "links_on_resource_requests": scored["links"],
         "top20_global": top20,
@@ -796,7 +796,7 @@ def main(argv=None) -> dict:
     g = scored["ranked"].head(50).assign(view="global")
     p = scored["prompt_top"].reset_index(drop=True)
     p = p.assign(view="prompt", rank=np.arange(1, len(p) + 1))
-    cols = ["view", "rank", "group", "n_in", "concept", "label", "direction", "delta", "ci_low", "ci_high", "p", "q",
+    cols = ["view", "rank", "group", "n", "concept", "label", "direction", "effect", "ci_low", "ci_high", "p", "q",
             "d", "delta_a", "delta_b", "delta_min", "replicated", "consistent", "test", "matches", "matches_strict",
             "matches_wrong_sign", "matches_intended", "best_concept", "best_concept_auroc"]
     table = pd.concat([g, p], ignore_index=True)
@@ -804,7 +804,7 @@ def main(argv=None) -> dict:
     table[cols].to_csv(out.parent / f"{out.name}_hypotheses.csv", index=False, float_format="%.5g")
 
     with pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_colwidth", 40):
-        shown = ["rank", "group", "concept", "label", "direction", "delta", "q", "replicated", "matches",
+        shown = ["rank", "group", "concept", "label", "direction", "effect", "q", "replicated", "matches",
                  "matches_intended", "best_concept", "best_concept_auroc"]
         print(table[table.view == "global"].head(20)[shown].round(3).to_string(index=False))
         print(scored["per_concept"][["concept", "truth_rate", "annotator_mean_gap", "annotator_q_wilcoxon",

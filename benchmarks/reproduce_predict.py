@@ -234,7 +234,7 @@ def main(argv=None) -> dict:
                 continue
             for k in p.index:
                 rows.append({"lens": lens_name, "concept": labels[k], "column": k, "predicted": float(p[k]),
-                             **{c: float(o.loc[k, c]) for c in ("before", "after", "shift", "ci_low", "ci_high")}})
+                             **{c: float(o.loc[k, c]) for c in ("before", "after", "effect", "ci_low", "ci_high")}})
         d2_before, d2_after = distinct_n(before["response"], 2), distinct_n(after["response"], 2)
         acc_b, acc_a = float((margins_before.margin > 0).mean()), float((margins_after.margin > 0).mean())
         tok_b, tok_a = float((margins_before.mean_margin > 0).mean()), float((margins_after.mean_margin > 0).mean())

@@ -90,11 +90,11 @@ def test_observed_shift_point_estimates_by_hand():
     out = observed_shift(before, after, n_boot=50)
     row = out.loc["c"]
     assert row["before"] == pytest.approx(1 / 6) and row["after"] == pytest.approx(4 / 6)
-    assert row["shift"] == pytest.approx(0.5)
+    assert row["effect"] == pytest.approx(0.5)
     assert row["n_prompts"] == 3 and row["n_before"] == 6
     mean = observed_shift(before, after, stat="mean", n_boot=50).loc["c"]
     assert mean["after"] == pytest.approx(5 / 6)
-    assert row["ci_low"] <= row["shift"] <= row["ci_high"]
+    assert row["ci_low"] <= row["effect"] <= row["ci_high"]
 
 
 def test_observed_shift_ci_covers_truth_in_repeated_synthetic_experiments():
@@ -129,7 +129,7 @@ def test_observed_shift_resamples_before_and_after_with_the_same_prompts():
     rng = np.random.default_rng(0)
     before = rng.normal(0, 1, (25, 3))
     out = observed_shift(_rollout_frame(before), _rollout_frame(before + 0.5), stat="mean", n_boot=300).loc["c"]
-    assert out["shift"] == pytest.approx(0.5)
+    assert out["effect"] == pytest.approx(0.5)
     assert out["ci_high"] - out["ci_low"] < 1e-9
 
 
@@ -152,8 +152,8 @@ def test_observed_shift_errors():
 
 def test_compare_perfect_line_gives_r2_one():
     pred = pd.Series([-0.2, 0.0, 0.1, 0.3], index=list("abcd"))
-    obs = pd.DataFrame({"shift": 2 * pred + 0.1}).assign(ci_low=lambda d: d["shift"] - 0.05,
-                                                         ci_high=lambda d: d["shift"] + 0.05)
+    obs = pd.DataFrame({"effect": 2 * pred + 0.1}).assign(ci_low=lambda d: d["effect"] - 0.05,
+                                                         ci_high=lambda d: d["effect"] + 0.05)
     stats, fig = compare(pred, obs.iloc[::-1], labels={"a": "bold"})
     assert stats["r2"] == pytest.approx(1.0) and stats["pearson_r"] == pytest.approx(1.0)
     assert stats["slope"] == pytest.approx(2.0) and stats["intercept"] == pytest.approx(0.1)

@@ -43,7 +43,7 @@ def test_discover_finds_links_in_the_prompt_view_and_records_its_settings(organi
     assert set(family[disc["prompt_labels"] == top["group"]]) == {7}
     # u is the share of the cluster's features: the 4 links features fire in chosen only
     assert disc["u"][m].mean() == pytest.approx(has_links.mean() * 4 / len(members), abs=0.01)
-    assert top["delta"] > 3 * disc["u"][m].mean()  # dataset-wide the links are diluted
+    assert top["effect"] > 3 * disc["u"][m].mean()  # dataset-wide the links are diluted
     # the same discovery under the shipped key: the same clusters, possibly another order
     shipped = rd.discover(features, keys, resolution=1.0, n_boot=0, gate=0.0, isolates=False)
     assert shipped["settings"]["rank_by"] == rd.RANK_BY
