@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo test bench organism reproduce-diagnose reproduce-predict clean
+.PHONY: install demo test bench organism reproduce-diagnose reproduce-predict reproduce-sculpt clean
 
 install: $(STAMP)
 
@@ -40,6 +40,11 @@ reproduce-diagnose: install
 # issue 6: predict, train DPO, roll out, compare -> results/predict.json + figures/06_*.html
 reproduce-predict: install
 	$(PY) benchmarks/reproduce_predict.py
+
+# plain DPO and each intervention explaining away four planted concepts -> results/sculpt.json + figures/08_*.html
+# (resumable: each run writes results/sculpt_runs/<method>.json; `--quick` for a small version)
+reproduce-sculpt: install
+	$(PY) benchmarks/reproduce_sculpt.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
