@@ -132,13 +132,9 @@ def sample_pairs(split: str, n: int | None, seed: int, source: str = "organism")
     The same subset as ``benchmarks/lens_auroc.py`` draws, so their feature caches are shared.
     source: ``"organism"`` (the shipped one) or a folder holding another build's split files.
     """
-    from anatomy import load_preferences
+    from anatomy import load_preferences, sample_pairs as draw
 
-    ds = load_preferences(source, split=split)
-    idx = np.arange(len(ds))
-    if n is not None and n < len(ds):
-        idx = np.sort(np.random.default_rng(seed).permutation(len(ds))[:n])
-    return [ds[int(i)] for i in idx]
+    return draw(load_preferences(source, split=split), n, seed=seed)
 
 
 def discovery_view(pair: dict) -> dict:
@@ -336,18 +332,10 @@ def response_units(pairs: list[dict]) -> pd.DataFrame:
 
 def auroc_matrix(scores: np.ndarray, labels: pd.DataFrame) -> pd.DataFrame:
     """AUROC of every score column (clusters) for every boolean label column (ties count half)."""
-    from scipy.stats import rankdata
+    from anatomy.probes import auroc
 
-    ranks = rankdata(scores, axis=0)
-    out = {}
-    for c in labels.columns:
-        y = labels[c].to_numpy(dtype=bool)
-        n_pos, n_neg = int(y.sum()), int((~y).sum())
-        if n_pos == 0 or n_neg == 0:
-            out[c] = np.full(scores.shape[1], np.nan)
-        else:
-            out[c] = (ranks[y].sum(0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-    return pd.DataFrame(out)
+    return pd.DataFrame(auroc(scores, labels.to_numpy(dtype=bool)).reshape(scores.shape[1], -1),
+                        columns=labels.columns)
 
 
 def truth_rate(pairs_df: pd.DataFrame, concept: str, rows: np.ndarray | None = None) -> float:
