@@ -6,7 +6,9 @@ Takes a model (``load_model``), preference pairs (``load_preferences``) and an S
 - ``PairFeatures``: per pair and span (``prompt`` / ``chosen`` / ``rejected``) each
   feature's max activation and firing frequency, as ``scipy.sparse.csr_matrix``
   of shape ``[n_pairs, d_sae]`` (``feature_summaries``, streamed: memory stays flat
-  in the number of pairs);
+  in the number of pairs; with ``cache_dir`` written in resumable, checksummed shards
+  keyed by the pair texts, the model and SAE weights, the hook and the settings, which
+  ``load_pair_features`` merges);
 - concept clusters of co-firing features, a DataFrame ``feature -> cluster``
   (``cluster_features``: NMI of binary firing, top 1% of feature pairs as a graph,
   Leiden), and per-pair cluster scores (``cluster_scores``);
@@ -28,9 +30,22 @@ import scipy.sparse as sp
 import torch
 from jaxtyping import Float
 from torch import Tensor
+from tqdm.auto import tqdm
 
-from .cache import SPANS, stream_pair_activations, tokenize_pairs
-from .saes import MAX_NORM_RATIO, _json_default, sae_hook, typical_tokens
+from .cache import (
+    SPANS,
+    check_or_write_manifest,
+    finished_shard,
+    load_shard_records,
+    pair_ids,
+    shard_bounds,
+    shard_path,
+    stream_pair_activations,
+    tokenize_pairs,
+    write_shard,
+)
+from .fingerprint import pairs_digest, weights_fingerprint
+from .saes import MAX_NORM_RATIO, _json_default, check_sae_fits, sae_hook, typical_tokens
 
 
 # ----------------------------------------------------------------------------- per-span summaries
@@ -64,6 +79,13 @@ class PairFeatures:
         """Write ``features.npz`` (all matrices) and ``features.json`` (ids, hook, shapes)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(out / "features.npz", **self._arrays())
+        (out / "features.json").write_text(json.dumps(
+            {"ids": self.ids, "spans": list(self.max), "hook": self.hook, "d_sae": self.d_sae, "meta": self.meta},
+            default=_json_default))
+        return out
+
+    def _arrays(self) -> dict[str, np.ndarray]:
         arrays = {}
         for stat, mats in (("max", self.max), ("freq", self.freq)):
             for span, m in mats.items():
@@ -73,25 +95,37 @@ class PairFeatures:
                 arrays[f"{stat}/{span}/indptr"] = m.indptr
         for span, a in self.n_tokens.items():
             arrays[f"n_tokens/{span}"] = a
-        np.savez_compressed(out / "features.npz", **arrays)
-        (out / "features.json").write_text(json.dumps(
-            {"ids": self.ids, "spans": list(self.max), "hook": self.hook, "d_sae": self.d_sae, "meta": self.meta},
-            default=_json_default))
-        return out
+        return arrays
+
+    @classmethod
+    def _from_arrays(cls, z, ids: list[str], spans, hook, d_sae: int, meta: dict | None = None) -> PairFeatures:
+        shape = (len(ids), d_sae)
+        mats = {"max": {}, "freq": {}}
+        for stat in mats:
+            for span in spans:
+                mats[stat][span] = sp.csr_matrix(
+                    (z[f"{stat}/{span}/data"], z[f"{stat}/{span}/indices"], z[f"{stat}/{span}/indptr"]), shape=shape)
+        n_tokens = {span: z[f"n_tokens/{span}"] for span in spans}
+        return cls(list(ids), mats["max"], mats["freq"], n_tokens, hook, d_sae, dict(meta or {}))
 
     @classmethod
     def load(cls, out_dir: str | Path) -> PairFeatures:
         out = Path(out_dir)
         info = json.loads((out / "features.json").read_text())
         z = np.load(out / "features.npz")
-        shape = (len(info["ids"]), info["d_sae"])
-        mats = {"max": {}, "freq": {}}
-        for stat in mats:
-            for span in info["spans"]:
-                mats[stat][span] = sp.csr_matrix(
-                    (z[f"{stat}/{span}/data"], z[f"{stat}/{span}/indices"], z[f"{stat}/{span}/indptr"]), shape=shape)
-        n_tokens = {span: z[f"n_tokens/{span}"] for span in info["spans"]}
-        return cls(info["ids"], mats["max"], mats["freq"], n_tokens, info["hook"], info["d_sae"], info.get("meta", {}))
+        return cls._from_arrays(z, info["ids"], info["spans"], info["hook"], info["d_sae"], info.get("meta", {}))
+
+
+def concat_features(parts: Sequence[PairFeatures]) -> PairFeatures:
+    """Rows of several ``PairFeatures`` (same SAE, hook and spans) stacked in order."""
+    first = parts[0]
+    spans = first.spans
+    return PairFeatures(
+        [pid for p in parts for pid in p.ids],
+        {s: sp.vstack([p.max[s] for p in parts]).tocsr() for s in spans},
+        {s: sp.vstack([p.freq[s] for p in parts]).tocsr() for s in spans},
+        {s: np.concatenate([p.n_tokens[s] for p in parts]) for s in spans},
+        first.hook, first.d_sae, dict(first.meta))
 
 
 class _CSRBuilder:
@@ -151,6 +185,10 @@ def feature_summaries(
     batch_tokens: int = 4096,
     chunk_pairs: int = 64,
     max_norm_ratio: float | None = MAX_NORM_RATIO,
+    cache_dir: str | Path | None = None,
+    shard: tuple[int, int] | None = None,
+    shard_size: int = 256,
+    on_shard_done: Callable[[int, int], None] | None = None,
     progress: bool = True,
 ) -> PairFeatures:
     """Encode every pair's tokens with the SAE and keep per-span summaries only.
@@ -166,17 +204,106 @@ def feature_summaries(
         max_norm_ratio: tokens outside the SAE's training data are left out
             (``encode_span``: in practice the first prompt token, an attention
             sink); ``n_tokens`` counts the tokens kept. ``None`` keeps all.
+        cache_dir: write the summaries here in shards of ``shard_size`` pairs, each
+            atomically as soon as it is done, with a checksummed record; a rerun skips
+            finished shards and recomputes a corrupt one (named in a warning). The
+            directory's manifest holds a digest of the pair texts, the weights
+            fingerprints of the model and the SAE, the hook, ``max_norm_ratio`` and
+            ``shard_size``; a rerun that differs in any of them is refused with a
+            ``CacheError`` saying which changed. Batching (``batch_tokens``,
+            ``chunk_pairs``) is not part of the key: it changes values at rounding level only.
+        shard: ``(i, n)``: compute only the i-th of n contiguous slices of ``pairs``
+            (one process or array task each, all with the same ``cache_dir``); merge with
+            ``load_pair_features(cache_dir)``.
+        on_shard_done: called with ``(start, end)`` after each shard file is written.
 
     Returns:
-        ``PairFeatures`` with ``max`` / ``freq`` ``csr_matrix[n_pairs, d_sae]`` per span.
+        ``PairFeatures`` with ``max`` / ``freq`` ``csr_matrix[n_pairs, d_sae]`` per span,
+        over all pairs, or over the slice with ``shard``.
     """
     hook = hook or sae_hook(sae)
+    check_sae_fits(sae, model, hook)
+    ids = pair_ids(pairs)
+    lo, hi = shard_bounds(len(pairs), shard)
+    if cache_dir is None:
+        return _summaries(model, sae, pairs, lo, hi, hook=hook, batch_tokens=batch_tokens, chunk_pairs=chunk_pairs,
+                          max_norm_ratio=max_norm_ratio, progress=progress)
+    out = Path(cache_dir)
+    manifest = _features_manifest(model, sae, pairs, hook, max_norm_ratio, shard_size)
+    check_or_write_manifest(out, manifest)
+    bounds = [(a, min(a + shard_size, hi)) for a in range(lo, hi, shard_size)]
+    digests = {(a, b): pairs_digest(pairs[i] for i in range(a, b)) for a, b in bounds}
+    todo = [(a, b) for a, b in bounds if not finished_shard(shard_path(out, a, b, ".npz"), manifest, start=a, end=b,
+                                                            digest_of_pairs=digests[a, b])]
+    for a, b in tqdm(todo, desc="feature shards", disable=not progress or len(todo) < 2):
+        part = _summaries(model, sae, pairs, a, b, hook=hook, batch_tokens=batch_tokens, chunk_pairs=chunk_pairs,
+                          max_norm_ratio=max_norm_ratio, progress=progress and len(todo) < 2)
+        write_shard(shard_path(out, a, b, ".npz"), lambda p: _save_npz(p, part._arrays()), start=a, end=b,
+                    ids=ids[a:b], digest_of_pairs=digests[a, b], manifest=manifest)
+        if on_shard_done is not None:
+            on_shard_done(a, b)
+    if shard is None:
+        return load_pair_features(out)
+    return _read_feature_shards(out, [{"file": shard_path(out, a, b, ".npz").name, "ids": ids[a:b]}
+                                      for a, b in bounds], manifest)
+
+
+def _save_npz(path: Path, arrays: dict) -> None:
+    with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to the temporary name
+        np.savez(f, **arrays)
+
+
+def _features_manifest(model, sae, pairs, hook, max_norm_ratio, shard_size) -> dict:
+    return {
+        "kind": "feature_summaries",
+        "model": getattr(model.cfg, "model_name", None),
+        "model_weights": weights_fingerprint(model),
+        "sae_weights": weights_fingerprint(sae),
+        "d_sae": int(sae.cfg.d_sae),
+        "hook": hook,
+        "n_pairs": len(pairs),
+        "pairs_digest": pairs_digest(pairs[i] for i in range(len(pairs))),
+        "max_norm_ratio": max_norm_ratio,
+        "spans": list(SPANS),
+        "shard_size": shard_size,
+    }
+
+
+def _read_feature_shards(out: Path, records: Sequence[dict], manifest: dict) -> PairFeatures:
+    parts = []
+    for r in records:
+        with np.load(out / r["file"]) as z:
+            parts.append(PairFeatures._from_arrays(z, r["ids"], manifest["spans"], manifest["hook"], manifest["d_sae"]))
+    if not parts:
+        empty = {s: sp.csr_matrix((0, manifest["d_sae"]), dtype=np.float32) for s in manifest["spans"]}
+        return PairFeatures([], dict(empty), dict(empty), {s: np.zeros(0, np.int64) for s in manifest["spans"]},
+                            manifest["hook"], manifest["d_sae"])
+    return concat_features(parts)
+
+
+def load_pair_features(cache_dir: str | Path) -> PairFeatures:
+    """Merge the shards of a ``feature_summaries(cache_dir=...)`` directory into one ``PairFeatures``.
+
+    Every shard's sha256 is verified against its record and every shard must have been
+    made under the directory's manifest (same pairs, model and SAE weights, hook and
+    settings); the shards must cover the pairs exactly once. Otherwise a ``CacheError``
+    names the corrupt, foreign, overlapping or missing shards.
+    """
+    out = Path(cache_dir)
+    manifest, records = load_shard_records(out, "feature_summaries")
+    return _read_feature_shards(out, records, manifest)
+
+
+@torch.no_grad()
+def _summaries(model, sae, pairs, lo, hi, *, hook, batch_tokens, chunk_pairs, max_norm_ratio, progress) -> PairFeatures:
+    """``feature_summaries`` of rows ``[lo, hi)``, in memory."""
     d_sae = sae.cfg.d_sae
     mx = {s: _CSRBuilder(d_sae) for s in SPANS}
     fq = {s: _CSRBuilder(d_sae) for s in SPANS}
     ntok = {s: [] for s in SPANS}
     ids = []
-    for pid, spans in stream_pair_activations(model, pairs, hook, batch_tokens=batch_tokens,
+    rows = _Rows(pairs, lo, hi)
+    for pid, spans in stream_pair_activations(model, rows, hook, batch_tokens=batch_tokens,
                                               chunk_pairs=chunk_pairs, progress=progress):
         ids.append(pid)
         for s in SPANS:
@@ -186,6 +313,20 @@ def feature_summaries(
             ntok[s].append(n)
     return PairFeatures(ids, {s: mx[s].build() for s in SPANS}, {s: fq[s].build() for s in SPANS},
                         {s: np.asarray(ntok[s], dtype=np.int64) for s in SPANS}, hook, d_sae)
+
+
+class _Rows(Sequence):
+    """Rows ``[lo, hi)`` of ``pairs`` as a sequence; a pair without an id keeps its index in ``pairs``."""
+
+    def __init__(self, pairs, lo: int, hi: int):
+        self.pairs, self.lo, self.hi = pairs, lo, hi
+
+    def __len__(self) -> int:
+        return self.hi - self.lo
+
+    def __getitem__(self, i: int) -> dict:
+        pair = self.pairs[self.lo + i]
+        return pair if "id" in pair else {**pair, "id": str(self.lo + i)}
 
 
 # ----------------------------------------------------------------------------- concept clusters

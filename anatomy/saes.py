@@ -142,6 +142,22 @@ def sae_hook(sae) -> str:
     return hook
 
 
+def check_sae_fits(sae, model, hook: str | None = None) -> None:
+    """Refuse an SAE that does not fit the model: its hook (``hook`` or the SAE's
+    ``hook_name``) must be a hook of the model and ``cfg.d_in`` its width there."""
+    from .cache import check_hooks
+
+    hook = hook or sae_hook(sae)
+    try:
+        check_hooks(model, [hook])
+    except KeyError as err:
+        raise ValueError(f"SAE field 'hook_name': {err.args[0]}") from None
+    d_model = getattr(model.cfg, "d_model", None)
+    if d_model is not None and "resid" in hook and int(sae.cfg.d_in) != int(d_model):
+        raise ValueError(f"SAE field 'd_in' = {sae.cfg.d_in} does not match the model's d_model = {d_model} "
+                         f"at {hook!r}")
+
+
 # ----------------------------------------------------------------------------- token activations
 
 

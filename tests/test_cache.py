@@ -100,7 +100,7 @@ def test_incomplete_cache_and_foreign_directories_are_refused(model, tmp_path):
     cache_pairs(model, pairs, HOOKS[0], out_dir=tmp_path / "a", shard=(0, 2), progress=False)
     with pytest.raises(ValueError, match="cover 3 of 7"):
         load_pair_activations(tmp_path / "a")
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match="made with other hooks"):
         cache_pairs(model, pairs, HOOKS[1], out_dir=tmp_path / "a", progress=False)
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "notes.txt").write_text("mine")

@@ -247,3 +247,226 @@ def test_cluster_features_isolates_are_concepts_of_one_feature():
     assert alone.attrs["n_isolates"] == (alone.n_fires >= 5).sum() and (alone.cluster_size <= 1).all()
     without = cluster_features(feats, graph="knn", n_neighbors=3, top_percentile=98.5, seed=0)
     assert without.attrs["n_isolates"] == 0 and (without.cluster_size != 1).all()
+
+
+# ----------------------------------------------------------------------------- the feature_summaries cache
+
+TINY_HOOK = "blocks.1.hook_resid_post"
+
+
+def tiny_lens(seed: int = 0):
+    """A tiny random-weight Llama bridge (d_model 32, 2 layers, the default tokenizer) and a
+    random TopK SAE (64 latents, k = 8) on its last residual stream; the same for the same seed."""
+    from sae_lens import TopKSAE, TopKSAEConfig
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from anatomy.models import load_tokenizer
+
+    tok = load_tokenizer()
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                      tie_word_embeddings=True, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(seed)
+    hf = LlamaForCausalLM(cfg).eval()
+    model = TransformerBridge.boot_transformers("HuggingFaceTB/SmolLM2-135M-Instruct", hf_model=hf, tokenizer=tok,
+                                                device="cpu", dtype=torch.float32)
+    scfg = TopKSAEConfig(d_in=32, d_sae=64, k=8)
+    scfg.metadata.hook_name = TINY_HOOK
+    sae = TopKSAE(scfg)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(seed + p.numel())))
+    return model, sae.eval()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield tiny_lens()
+    torch.set_num_threads(old)
+
+
+def _same(a: PairFeatures, b: PairFeatures) -> None:
+    assert a.ids == b.ids and a.hook == b.hook and a.d_sae == b.d_sae
+    for s in ("prompt", "chosen", "rejected"):
+        assert (a.max[s] != b.max[s]).nnz == 0 and (a.freq[s] != b.freq[s]).nnz == 0
+        assert np.array_equal(a.n_tokens[s], b.n_tokens[s])
+
+
+def test_feature_cache_resumes_shards_and_equals_the_fresh_result(tiny, tmp_path):
+    from anatomy.features import load_pair_features
+
+    model, sae = tiny
+    pairs = _pairs()
+    fresh = feature_summaries(model, sae, pairs, progress=False)
+    assert fresh.max["chosen"].nnz > 0
+
+    def stop(a, b):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        feature_summaries(model, sae, pairs, cache_dir=tmp_path / "c", shard_size=1, on_shard_done=stop, progress=False)
+    first = tmp_path / "c" / "shard-0000000-0000001.npz"
+    stamp = first.stat().st_mtime_ns
+    calls = []
+    resumed = feature_summaries(model, sae, pairs, cache_dir=tmp_path / "c", shard_size=1,
+                                on_shard_done=lambda a, b: calls.append((a, b)), progress=False)
+    assert calls == [(1, 2), (2, 3), (3, 4)] and first.stat().st_mtime_ns == stamp
+    _same(resumed, fresh)
+    _same(load_pair_features(tmp_path / "c"), fresh)
+    assert oct(first.stat().st_mode & 0o777) == "0o644"
+    # one shard per process / array task, then a merge
+    parts = [feature_summaries(model, sae, pairs, cache_dir=tmp_path / "s", shard=(i, 3), progress=False)
+             for i in range(3)]
+    assert [len(p) for p in parts] == [1, 1, 2]
+    _same(load_pair_features(tmp_path / "s"), fresh)
+
+
+def test_feature_cache_refuses_other_pairs_weights_sae_hook_and_settings(tiny, tmp_path):
+    from anatomy.cache import CacheError
+
+    model, sae = tiny
+    pairs = _pairs()
+    d = tmp_path / "c"
+    feature_summaries(model, sae, pairs, cache_dir=d, shard_size=2, progress=False)
+    edited = [dict(p) for p in pairs]
+    edited[3]["rejected"] = "I cannot help with that!"
+    with pytest.raises(CacheError, match=r"made with other pairs \(changed: \{'pairs_digest'"):
+        feature_summaries(model, sae, edited, cache_dir=d, shard_size=2, progress=False)
+    with pytest.raises(CacheError, match="made with other settings .*max_norm_ratio"):
+        feature_summaries(model, sae, pairs, cache_dir=d, shard_size=2, max_norm_ratio=None, progress=False)
+    with pytest.raises(CacheError, match="made with other hook "):
+        feature_summaries(model, sae, pairs, cache_dir=d, shard_size=2, hook="blocks.0.hook_resid_post",
+                          progress=False)
+    w = sae.W_enc
+    with torch.no_grad():
+        old = w[0, 0].clone()
+        w[0, 0] += 0.5  # trained in place
+        try:
+            with pytest.raises(CacheError, match="made with other SAE "):
+                feature_summaries(model, sae, pairs, cache_dir=d, shard_size=2, progress=False)
+        finally:
+            w[0, 0] = old
+    p = next(model.parameters())
+    with torch.no_grad():
+        old = p.view(-1)[0].clone()
+        p.view(-1)[0] += 0.5
+        try:
+            with pytest.raises(CacheError, match="made with other model weights "):
+                feature_summaries(model, sae, pairs, cache_dir=d, shard_size=2, progress=False)
+        finally:
+            p.view(-1)[0] = old
+    with pytest.raises(ValueError, match=r"pair ids must be unique; repeated: \['p0'\]"):
+        feature_summaries(model, sae, pairs + pairs[:1], progress=False)
+    with pytest.raises(ValueError, match="SAE field 'hook_name'.*blocks.7.hook_resid_post.*2 layers"):
+        feature_summaries(model, sae, pairs, hook="blocks.7.hook_resid_post", progress=False)
+
+
+def test_load_pair_features_refuses_overlapping_missing_foreign_and_corrupt_shards(tiny, tmp_path):
+    import shutil
+
+    from anatomy.cache import CacheError
+    from anatomy.features import load_pair_features
+
+    model, sae = tiny
+    pairs = _pairs()
+    d = tmp_path / "c"
+    feature_summaries(model, sae, pairs, cache_dir=d, shard=(0, 2), progress=False)
+    with pytest.raises(CacheError, match="shards cover 2 of 4 pairs; missing rows 2-4"):
+        load_pair_features(d)
+    feature_summaries(model, sae, pairs, cache_dir=d, shard=(1, 4), progress=False)  # rows 1-2: overlaps 0-2
+    with pytest.raises(CacheError, match="shards overlap: shard-0000000-0000002.npz and shard-0000001-0000002.npz"):
+        load_pair_features(d)
+    for f in d.glob("shard-0000001-0000002.*"):
+        f.unlink()
+    feature_summaries(model, sae, pairs, cache_dir=d, shard=(1, 2), progress=False)
+    fresh = load_pair_features(d)
+    # a shard made with another hook copied in
+    other = tmp_path / "other"
+    feature_summaries(model, sae, pairs, cache_dir=other, hook="blocks.0.hook_resid_post", shard=(1, 2),
+                      progress=False)
+    bad = tmp_path / "mixed"
+    shutil.copytree(d, bad)
+    for f in other.glob("shard-*"):
+        shutil.copy(f, bad / f.name)
+    with pytest.raises(CacheError, match=r"shard shard-0000002-0000004.npz: it was made with other hook"):
+        load_pair_features(bad)
+    # 100 zeroed bytes inside a shard: named on load, recomputed (and named) on rerun
+    f = d / "shard-0000002-0000004.npz"
+    raw = bytearray(f.read_bytes())
+    raw[200:300] = bytes(100)
+    f.write_bytes(bytes(raw))
+    with pytest.raises(CacheError, match="shard shard-0000002-0000004.npz: checksum mismatch"):
+        load_pair_features(d)
+    with pytest.warns(UserWarning, match="shard-0000002-0000004.npz: checksum mismatch.*recomputing"):
+        again = feature_summaries(model, sae, pairs, cache_dir=d, shard=(1, 2), progress=False)
+    _same(load_pair_features(d), fresh)
+    assert len(again) == 2
+    (d / "manifest.json").write_text("{not json")
+    with pytest.raises(CacheError, match="manifest.json is not a valid manifest"):
+        load_pair_features(d)
+
+
+_KILL_CHILD = """
+import io, sys, time
+sys.path.insert(0, {tests!r})
+import numpy as np
+import torch
+torch.set_num_threads(1)
+from test_features import _pairs, tiny_lens
+import anatomy.features as F
+model, sae = tiny_lens()
+written = []
+
+def save_then_stall(path, arrays):  # the second shard: half its bytes written, then the kill comes
+    if written:
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        with open(path, "wb") as f:
+            f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+            f.flush()
+            time.sleep(120)
+    written.append(path)
+    F._save_npz_orig(path, arrays)
+
+F._save_npz_orig, F._save_npz = F._save_npz, save_then_stall
+F.feature_summaries(model, sae, _pairs(), cache_dir={d!r}, shard_size=1, progress=False)
+"""
+
+
+def test_feature_cache_survives_sigkill_mid_run(tiny, tmp_path):
+    """SIGKILL a process mid-run (subprocess), rerun: finished shards are kept, the result is the fresh one."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from anatomy.features import load_pair_features
+
+    model, sae = tiny
+    pairs = _pairs()
+    d = tmp_path / "c"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HF_HUB_OFFLINE": "1"}
+    child = subprocess.Popen([sys.executable, "-c", _KILL_CHILD.format(tests=str(Path(__file__).parent), d=str(d))],
+                             env=env, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not list(d.glob(".shard-0000001-*.tmp")) and child.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)  # mid-write of the second shard
+    os.kill(child.pid, signal.SIGKILL)
+    _, err = child.communicate()
+    assert child.returncode == -signal.SIGKILL, err.decode()[-2000:]
+    done = sorted(p.stem for p in d.glob("shard-*.json"))
+    assert done == ["shard-0000000-0000001"] and list(d.glob(".shard-0000001-*.tmp")), sorted(d.iterdir())
+    calls = []
+    resumed = feature_summaries(model, sae, pairs, cache_dir=d, shard_size=1, progress=False,
+                                on_shard_done=lambda a, b: calls.append(f"shard-{a:07d}-{b:07d}"))
+    assert sorted(set(calls) | set(done)) == [f"shard-{i:07d}-{i + 1:07d}" for i in range(4)]
+    assert not set(calls) & set(done)
+    fresh = feature_summaries(model, sae, pairs, progress=False)
+    _same(resumed, fresh)
+    _same(load_pair_features(d), fresh)
