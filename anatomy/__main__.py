@@ -151,17 +151,14 @@ def run_train_sae(args) -> None:
 
 def run_demo(args) -> None:
     """The audit of a seeded subset of the organism's train pairs, scored against what was planted."""
-    import numpy as np
-
-    from .data import load_preferences
+    from .data import load_preferences, sample_pairs
     from .diagnose import diagnose
     from .organism import RECALL_CONCEPTS, score_diagnosis
 
     t = time.perf_counter()
     rows = load_preferences("organism", split="train").to_list()
     n = min(args.n_pairs, len(rows))
-    idx = np.sort(np.random.default_rng(args.seed).permutation(len(rows))[:n])
-    pairs = [rows[int(i)] for i in idx]
+    pairs = sample_pairs(rows, n, seed=args.seed)
     print(f"diagnosing {n} of the organism's {len(rows)} train pairs (seed {args.seed}); "
           "discovery reads only prompts and responses")
     diagnosis = diagnose(pairs, progress=not args.no_progress, cache_dir=args.cache_dir)
