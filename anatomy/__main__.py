@@ -1,4 +1,5 @@
-"""Command line: ``python -m anatomy prepare`` (cache the default model) and ``demo``."""
+"""Command line: ``python -m anatomy prepare`` (cache the default model), ``demo``, ``features`` (SAE feature
+summaries, sharded across processes) and ``merge`` (their shards)."""
 
 from __future__ import annotations
 
@@ -52,16 +53,70 @@ def demo(n_pairs: int = 6) -> None:
               f"{cos[i]:9.3f} {(c[i] - r[i]).norm():7.1f}")
 
 
+def features(args) -> None:
+    """SAE feature summaries of SOURCE into --out: this process's shard (a launch's rank, or --shard i/n)."""
+    import torch
+
+    from .data import load_preferences
+    from .distributed import extract_features, launch_rank, parse_shard
+    from .models import load_model
+    from .saes import load_sae
+
+    shard = parse_shard(args.shard) if args.shard else None
+    rank, world, local = launch_rank()
+    device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    pairs = load_preferences(args.source, split=args.split, limit=args.limit)
+    model = load_model(args.model, device=device)
+    sae = load_sae(args.sae, device=device)
+    t = time.perf_counter()
+    merged = extract_features(pairs, args.out, model=model, sae=sae, hook=args.hook, shard=shard,
+                              shard_size=args.shard_size, batch_tokens=args.batch_tokens, progress=rank == 0)
+    where = f"shard {shard[0]}/{shard[1]}" if shard else f"rank {rank}/{world}"
+    print(f"{where}: {len(pairs)} pairs, features in {args.out} ({time.perf_counter() - t:.1f} s)")
+    if merged is not None:
+        print(f"merged {len(merged)} pairs x {merged.d_sae} features into {args.out}/merged")
+
+
+def merge(args) -> None:
+    """Merge the feature shards of DIR (refusing overlapping, missing or foreign shards)."""
+    from .cache import CacheError
+    from .distributed import merge_features
+
+    try:
+        merged = merge_features(args.dir)
+    except CacheError as err:
+        raise SystemExit(f"anatomy merge: {err}") from err
+    print(f"merged {len(merged)} pairs x {merged.d_sae} features into {args.dir}/merged")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="anatomy")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("prepare", help="de-quantise and cache the default model")
     sub.add_parser("demo", help="answer one prompt and summarise a few pairs' activations")
+    f = sub.add_parser("features", help="SAE feature summaries of a preference dataset, sharded across processes "
+                                        "(torchrun / accelerate launch) or one shard per job (--shard i/n)")
+    f.add_argument("source", help="'organism', a .jsonl/.parquet file or folder, or a hub dataset id")
+    f.add_argument("--out", required=True, help="the shard directory")
+    f.add_argument("--split", default=None)
+    f.add_argument("--limit", type=int, default=None, help="the first N valid pairs only")
+    f.add_argument("--shard", default=None, help="i/n: compute the i-th of n contiguous shards only (then merge)")
+    f.add_argument("--model", default=None, help="model name or directory (default: the embedded SmolLM2-135M)")
+    f.add_argument("--sae", default=None, help="shipped SAE name or SAE directory (default: the shipped SAE)")
+    f.add_argument("--hook", default=None, help="hook to read (default: the SAE's)")
+    f.add_argument("--shard-size", type=int, default=256, help="pairs per shard file")
+    f.add_argument("--batch-tokens", type=int, default=4096)
+    m = sub.add_parser("merge", help="merge the feature shards of a directory into DIR/merged")
+    m.add_argument("dir")
     args = parser.parse_args(argv)
     if args.command == "prepare":
         from .models import default_model_dir
 
         print(f"default model cached in {default_model_dir()}")
+    elif args.command == "features":
+        features(args)
+    elif args.command == "merge":
+        merge(args)
     else:
         demo()
 
