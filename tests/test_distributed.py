@@ -68,46 +68,64 @@ def test_two_processes_under_torchrun_equal_one_process(one_process, tmp_path):
     assert_identical(load_merged(out), one_process)
 
 
-def test_slurm_array_shards_then_merge(model, sae, pairs, one_process, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def array_dir(model, sae, pairs, tmp_path_factory):
+    """Shards written as two Slurm array tasks would (in the order they happen to finish)."""
+    out = tmp_path_factory.mktemp("array") / "feats"
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for task in ("1/2", "0/2"):
+            assert extract_features(pairs, out, model=model, sae=sae, shard=parse_shard(task), progress=False) is None
+    finally:
+        torch.set_num_threads(old)
+    return out
+
+
+def test_slurm_array_shards_then_merge(array_dir, one_process, capsys):
     from anatomy.__main__ import main
 
-    torch.set_num_threads(1)
-    out = tmp_path / "array"
-    for task in ("1/2", "0/2"):  # array tasks finish in any order
-        assert extract_features(pairs, out, model=model, sae=sae, shard=parse_shard(task), progress=False) is None
-    main(["merge", str(out)])
+    main(["merge", str(array_dir)])
     assert "merged 4 pairs" in capsys.readouterr().out
-    assert_identical(load_merged(out), one_process)
+    assert_identical(load_merged(array_dir), one_process)
 
 
-def test_merge_refuses_missing_overlapping_and_foreign_shards(model, sae, pairs, tmp_path):
+def copy_shards(src: Path, dst: Path, names: list[str]) -> Path:
+    dst.mkdir()
+    shutil.copy(src / "manifest.json", dst / "manifest.json")
+    for name in names:
+        for f in src.glob(f"{name}.*"):
+            shutil.copy(f, dst / f.name)
+    return dst
+
+
+def test_merge_refuses_missing_overlapping_and_foreign_shards(model, sae, pairs, array_dir, tmp_path):
     from anatomy.__main__ import main
 
     torch.set_num_threads(1)
-    out = tmp_path / "bad"
-    extract_features(pairs, out, model=model, sae=sae, shard=(1, 2), progress=False)
+    first, second = "shard-0000000-0000002", "shard-0000002-0000004"
+    missing = copy_shards(array_dir, tmp_path / "missing", [second])
     with pytest.raises(SystemExit, match=r"(?i)missing|not covered"):  # rows 0-1 have no shard
-        main(["merge", str(out)])
+        main(["merge", str(missing)])
 
-    extract_features(pairs, out, model=model, sae=sae, shard=(0, 2), progress=False)
-    extract_features(pairs, out, model=model, sae=sae, shard=(0, 4), progress=False)  # rows 0-1 again
+    overlap = copy_shards(array_dir, tmp_path / "overlap", [first, second])
+    extract_features(pairs, overlap, model=model, sae=sae, shard=(0, 4), progress=False)  # row 0 again
     with pytest.raises(CacheError, match="shard-0000000-0000001") as err:
-        merge_features(out)
+        merge_features(overlap)
     assert "overlap" in str(err.value).lower()
 
-    # a shard made from other pairs, copied in, is refused by the merge (and by name)
+    # a shard made from other pairs (the first two swapped), copied in, is refused by name
     other = tmp_path / "other"
     extract_features([pairs[i] for i in (1, 0, 2, 3)], other, model=model, sae=sae, shard=(0, 2), progress=False)
-    clean = tmp_path / "clean"
-    extract_features(pairs, clean, model=model, sae=sae, shard=(1, 2), progress=False)
-    for f in other.glob("shard-0000000-0000002.*"):
-        shutil.copy(f, clean / f.name)
-    with pytest.raises(CacheError, match="shard-0000000-0000002"):
-        merge_features(clean)
+    foreign = copy_shards(array_dir, tmp_path / "foreign", [second])
+    for f in other.glob(f"{first}.*"):
+        shutil.copy(f, foreign / f.name)
+    with pytest.raises(CacheError, match=first):
+        merge_features(foreign)
 
-    # a shard made with another hook goes into the same directory only with a refusal naming the hook
+    # a shard with another hook is refused before it is computed, naming the hook
     with pytest.raises(CacheError, match="hook"):
-        extract_features(pairs, clean, model=model, sae=sae, hook="blocks.11.hook_resid_post", shard=(0, 2),
+        extract_features(pairs, missing, model=model, sae=sae, hook="blocks.11.hook_resid_post", shard=(0, 2),
                          progress=False)
 
 
