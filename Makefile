@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install browser demo test bench organism reproduce-diagnose reproduce-predict clean
+.PHONY: install browser demo test bench organism reproduce-diagnose reproduce-predict reproduce-sculpt clean
 
 install: $(STAMP)
 
@@ -20,8 +20,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m anatomy prepare
 	touch $(STAMP)
 
+# the audit of a seeded subset of the organism (600 pairs), scored against what was planted -> results/demo/
 demo: install
-	$(PY) -m anatomy demo
+	$(PY) -m anatomy demo --threads 2
 
 # The browser test drives Debian's Chromium through Playwright (pip's playwright never downloads
 # a browser here). As root with apt, install it once; elsewhere tests/test_browser.py skips, saying why.
@@ -42,13 +43,18 @@ bench: install
 organism: install
 	$(PY) -m anatomy.organism build --seed 0
 
-# issue 5: the diagnosis of the organism, scored against its ground truth -> results/diagnose.json
+# the diagnosis of the organism, scored against its ground truth -> results/diagnose.json
 reproduce-diagnose: install
 	$(PY) benchmarks/reproduce_diagnose.py --features-dir results/features
 
 # issue 6: predict, train DPO, roll out, compare -> results/predict.json + figures/06_*.html
 reproduce-predict: install
 	$(PY) benchmarks/reproduce_predict.py
+
+# plain DPO and each intervention explaining away four planted concepts -> results/sculpt.json + figures/08_*.html
+# (resumable: each run writes results/sculpt_runs/<method>.json; `--quick` for a small version)
+reproduce-sculpt: install
+	$(PY) benchmarks/reproduce_sculpt.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

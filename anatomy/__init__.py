@@ -22,14 +22,17 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
+    "trl": ["ShapedDPOTrainer", "export_shaped", "load_shaped", "shaped_dataset"],
     "cache": ["CacheError", "PairActivations", "cache_pairs", "load_pair_activations", "stream_pair_activations"],
     "contrast": ["paired_stats", "plot_hypotheses", "plot_volcano", "preference_regression"],
-    "evals": ["annotator_scorer", "direction_scorer", "distinct_n", "measure", "repetition_rate", "rollouts",
-              "sae_scorer"],
+    "evals": ["annotator_scorer", "direction_scorer", "distinct_n", "measure", "perplexity", "repetition_rate",
+              "rollouts", "sae_scorer"],
     "hypotheses": ["data_clusters", "global_hypotheses", "hypotheses_table", "prompt_clusters",
                    "prompt_conditioned_hypotheses", "rank_hypotheses", "show_examples", "signed_disparity",
                    "symmetric_activity"],
-    "predict": ["compare", "observed_shift", "predict_shift", "predict_shift_from_features"],
+    "diagnose": ["DiagnoseConfig", "DiagnoseError", "Diagnosis", "diagnose"],
+    "organism": ["score_diagnosis"],
+    "predict": ["compare", "observed_shift", "predict_shift", "predict_shift_from_features", "recovery"],
     "review": ["ReviewApp", "review"],
     "interventions": ["ConceptRef", "Decision", "METHODS", "Plan", "TrainInputs", "compile_plan", "concept_scores",
                       "concept_spans", "concept_vector"],

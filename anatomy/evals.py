@@ -12,7 +12,9 @@ lists); returns
   search, ``concepts.annotate``), ``direction_scorer`` (projection of the
   response tokens on ``probes.Direction`` vectors) and ``sae_scorer`` (SAE
   concept clusters, the lens that predicted the shift);
-- health metrics over a corpus of responses: ``distinct_n`` and ``repetition_rate``.
+- health metrics over a corpus of responses: ``distinct_n``, ``repetition_rate`` and
+  ``perplexity`` (of the rollouts under a fixed model, e.g. the pre-DPO one: a policy
+  that drifts into gibberish gets a high perplexity even when its n-grams are varied).
 
 The scores feed ``predict.observed_shift`` (before vs after DPO) and
 ``predict.compare`` (predicted vs observed, METHOD §4).
@@ -43,7 +45,7 @@ from tqdm.auto import tqdm
 from .cache import _forward_sequences
 from .models import format_pair, format_prompt, generation_model
 
-__all__ = ["annotator_scorer", "direction_scorer", "distinct_n", "measure", "repetition_rate",
+__all__ = ["annotator_scorer", "direction_scorer", "distinct_n", "measure", "perplexity", "repetition_rate",
            "rollouts", "sae_scorer"]
 
 Scorer = Callable[[pd.DataFrame], pd.DataFrame]
@@ -567,3 +569,32 @@ def repetition_rate(texts: Iterable[str], *, min_repeats: int = 3, max_period: i
             wordlike = [any(c.isalnum() for c in tokenizer.decode([t])) for t in toks]
         flags.append(_has_loop(toks, min_repeats, max_period, wordlike))
     return float(np.mean(flags))
+
+
+def perplexity(model, rollouts: pd.DataFrame, *, batch_size: int = 16, per_rollout: bool = False,
+               progress: bool = False) -> float | pd.DataFrame:
+    """Perplexity of the rollouts' responses under ``model`` (read it with the pre-DPO model).
+
+    ``exp(Σ NLL / Σ tokens)`` over every rollout's response and end-of-turn suffix given
+    its prompt (``logprobs.sequence_logprobs``), i.e. the token-weighted corpus
+    perplexity. Coherent text from the same family as the model's own stays near its
+    own rollouts' value; degenerate or garbled output rises.
+
+    Args:
+        model: the scoring model (``TransformerBridge`` or a Hugging Face model with ``model.tokenizer``).
+        rollouts: a ``rollouts`` DataFrame (``prompt``, ``response``).
+        per_rollout: return the per-rollout DataFrame of ``sequence_logprobs`` (``logp``,
+            ``n_tokens``, ``nll_per_token``, with the rollouts' index) instead.
+    """
+    from .logprobs import sequence_logprobs
+
+    missing = [c for c in ("prompt", "response") if c not in rollouts.columns]
+    if missing:
+        raise ValueError(f"rollouts lacks column(s) {missing}; columns: {list(rollouts.columns)}")
+    if len(rollouts) == 0:
+        raise ValueError("rollouts is empty")
+    df = sequence_logprobs(model, [[dict(m) for m in p] for p in rollouts["prompt"]], list(rollouts["response"]),
+                           batch_size=batch_size, progress=progress).set_axis(rollouts.index)
+    if per_rollout:
+        return df
+    return float(np.exp(-df["logp"].sum() / df["n_tokens"].sum()))
