@@ -67,6 +67,7 @@ def lab(tmp_path_factory, playwright_api, model):
 
     nb = parameterize_notebook(load_notebook_node(str(NOTEBOOK)),
                                {"SMOKE": True, "TRAIN": False, "PLAN_PATH": str(plan_path),
+                                "DIAGNOSIS_DIR": str(ROOT / "results" / "diagnosis_07"),
                                 "CACHE_DIR": str(ROOT / "results" / "features_07")})
     write_ipynb(nb, str(root / NOTEBOOK.name))
     # the notebook's relative paths (../results) resolve inside the temporary root
