@@ -111,7 +111,7 @@ def _check_finite(chosen: pd.DataFrame, rejected: pd.DataFrame, c_mat: np.ndarra
                              f"{frame.index[int(bad[j].argmax())]!r}")
 
 
-def _bh(p: np.ndarray) -> np.ndarray:
+def bh_qvalues(p: np.ndarray) -> np.ndarray:
     """Benjamini–Hochberg q-values (statsmodels ``fdr_bh``); NaN p-values stay NaN, excluded."""
     q = np.full(p.shape, np.nan)
     ok = ~np.isnan(p)
@@ -356,8 +356,8 @@ def paired_stats(chosen: pd.DataFrame, rejected: pd.DataFrame, *, n_boot: int = 
         "p_sign": out["p_sign"],
         "d": out["d_z"],
         "p_superiority": out["p_superiority"],
-        "q": _bh(out["p_wilcoxon"]),
-        "q_sign": _bh(out["p_sign"]),
+        "q": bh_qvalues(out["p_wilcoxon"]),
+        "q_sign": bh_qvalues(out["p_sign"]),
         "direction": np.where(mean > 0, "chosen", np.where(mean < 0, "rejected", "none")),
     }, columns=STATS_COLUMNS)
 
@@ -502,7 +502,7 @@ def preference_regression(chosen: pd.DataFrame, rejected: pd.DataFrame, *,
     table[numeric] = table[numeric].astype(float)
     table["replicated"] = ((np.sign(table["effect"]) == np.sign(table["coef_discovery"]))
                            & (table["coef_discovery"] != 0) & (table["p"] < 0.05))
-    table["q"] = _bh(table["p"].to_numpy())
+    table["q"] = bh_qvalues(table["p"].to_numpy())
     table["note"] = table["note"].fillna("")
     return table
 

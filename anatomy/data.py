@@ -323,6 +323,24 @@ def load_preferences(
     return ds, pd.DataFrame(skipped, columns=REPORT_COLUMNS)
 
 
+def sample_pairs(pairs, n: int | None = None, *, seed=0) -> list[dict]:
+    """``n`` pairs drawn at random without replacement, kept in file order, as a list of dicts.
+
+    pairs: a ``load_preferences`` Dataset (or any sequence of pairs). n: None takes every
+    pair. seed: an int, or a ``numpy.random.Generator`` that successive draws share
+    (its state advances by one permutation per call). The indices are
+    ``sorted(rng.permutation(len(pairs))[:n])``: the same seed, the same pairs.
+    """
+    import numpy as np
+
+    if n is not None and n < 0:
+        raise ValueError(f"n must be >= 0 or None, got {n}")
+    if n is None:
+        return [pairs[i] for i in range(len(pairs))]
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    return [pairs[int(i)] for i in np.sort(rng.permutation(len(pairs))[:n])]
+
+
 def _from_records(records: list[dict]) -> datasets.Dataset:
     """``Dataset.from_list`` over the union of the records' keys (missing values become None)."""
     keys = list(dict.fromkeys(k for r in records for k in r))

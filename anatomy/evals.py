@@ -43,6 +43,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .cache import _forward_sequences
+from .fingerprint import weights_fingerprint
 from .models import format_pair, format_prompt, generation_model
 
 __all__ = ["annotator_scorer", "direction_scorer", "distinct_n", "measure", "perplexity", "repetition_rate",
@@ -331,20 +332,8 @@ def annotator_scorer(concepts: Iterable[str] | str | None = None, *, tokenizer=N
     return _named(score, "annotator_scorer")
 
 
-def _weights_fingerprint(model, stride: int = 97) -> tuple[float, ...]:
-    """A checksum of the model's weights, to detect training in place.
-
-    The float64 sum of every ``stride``-th element of each parameter (and the
-    parameter count): cheap, and any optimiser step moves it. It does not see a
-    surgical edit of a weight it skips, nor adapters added beside the weights.
-    """
-    with torch.no_grad():
-        sums = [float(p.detach().reshape(-1)[::stride].sum(dtype=torch.float64)) for p in model.parameters()]
-    return (len(sums), *sums)
-
-
-def _check_lens(model, fingerprint: tuple[float, ...], name: str) -> None:
-    if _weights_fingerprint(model) != fingerprint:
+def _check_lens(model, fingerprint: str, name: str) -> None:
+    if weights_fingerprint(model) != fingerprint:
         raise RuntimeError(
             f"{name}: the lens model's weights changed since the scorer was built (was the policy trained "
             "in place?). Scorers must read with the pre-DPO model: build them on a separate instance "
@@ -407,7 +396,7 @@ def direction_scorer(model, directions, *, pooling: Literal["mean", "max"] = "me
             raise ValueError(f"direction {name!r} field 'hook': None; set the hook it was read at")
     hooks = sorted({d.hook for _, d in items})
     units = {name: (d.hook, (d.vector.detach().float() / d.vector.float().norm())) for name, d in items}
-    fingerprint = _weights_fingerprint(model)
+    fingerprint = weights_fingerprint(model)
 
     def score(rollouts: pd.DataFrame) -> pd.DataFrame:
         _check_lens(model, fingerprint, "direction_scorer")
@@ -467,7 +456,7 @@ def sae_scorer(model, sae, clusters: pd.DataFrame, *, stat: Literal["freq", "max
     param = next(sae.parameters())
     M = torch.zeros(d_sae, n_clusters, dtype=torch.float32, device=param.device)
     M[torch.tensor(member["feature"].to_numpy()), torch.tensor(member["cluster"].to_numpy())] = 1.0
-    fingerprint = _weights_fingerprint(model)
+    fingerprint = weights_fingerprint(model)
 
     @torch.no_grad()
     def score(rollouts: pd.DataFrame) -> pd.DataFrame:

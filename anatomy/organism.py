@@ -346,20 +346,12 @@ def response_units(pairs: list[dict]) -> pd.DataFrame:
 def auroc_matrix(scores: np.ndarray, labels: pd.DataFrame) -> pd.DataFrame:
     """AUROC of every score column (clusters) for every boolean label column (ties count half:
     the Mann–Whitney U / (n_pos n_neg) that sklearn's ``roc_auc_score`` gives), from one ranking
-    of each score column. NaN for a label with no positive or no negative."""
+    of each score column (`anatomy.probes.auroc`). NaN for a label with no positive or no negative."""
+    from .probes import auroc
 
-    from scipy.stats import rankdata
-
-    ranks = rankdata(scores, axis=0)
-    out = {}
-    for c in labels.columns:
-        y = labels[c].to_numpy(dtype=bool)
-        n_pos, n_neg = int(y.sum()), int((~y).sum())
-        if n_pos == 0 or n_neg == 0:
-            out[c] = np.full(scores.shape[1], np.nan)
-        else:
-            out[c] = (ranks[y].sum(0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-    return pd.DataFrame(out)
+    scores = np.asarray(scores, dtype=np.float64)
+    return pd.DataFrame(auroc(scores.reshape(len(scores), -1), labels.to_numpy(dtype=bool)),
+                        columns=labels.columns)
 
 
 def truth_rate(pairs_df: pd.DataFrame, concept: str, rows: np.ndarray | None = None) -> float:

@@ -8,7 +8,7 @@ the figures that update):
   with its CI, q, replicated, n), sortable and filterable (significant only; global or
   prompt-conditioned); the arrow keys move through them;
 - the selected hypothesis: pairs side by side with the concept's text marked
-  (`anatomy.hypotheses.show_examples`), a "more examples" button, the histogram of its u,
+  (`anatomy.viz.show_examples`), a "more examples" button, the histogram of its u,
   and the member SAE features' labels and top tokens;
 - a decision for it: allow / explain away / amplify, a method among those that fit the
   concept's lens and the action (`anatomy.interventions.METHODS`, ``AMPLIFIES``) and a
@@ -571,7 +571,7 @@ class ReviewApp:
         if self.pairs is None or self._selected is None:
             self._examples.value = "<i>no pairs given: pass pairs= to see examples.</i>"
             return
-        from .hypotheses import show_examples
+        from .viz import show_examples
 
         row = self._by_key[self._selected]
         ids = self._shown_ids()

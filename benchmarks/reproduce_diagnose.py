@@ -45,12 +45,9 @@ def sample_pairs(split: str, n: int | None, seed: int, source: str = "organism")
     The same subset as ``benchmarks/lens_auroc.py`` draws, so their feature caches are shared.
     source: ``"organism"`` (the shipped one) or a folder holding another build's split files.
     """
-    from anatomy import load_preferences
+    from anatomy import load_preferences, sample_pairs as draw
 
-    rows = load_preferences(source, split=split).to_list()
-    if n is not None and n < len(rows):
-        rows = [rows[int(i)] for i in np.sort(np.random.default_rng(seed).permutation(len(rows))[:n])]
-    return rows
+    return draw(load_preferences(source, split=split).to_list(), n, seed=seed)
 
 
 def run_bench(quick: bool = True) -> dict:
