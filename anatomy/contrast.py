@@ -42,12 +42,14 @@ _SPARSE_SHARE = 0.25  # below this share of non-zero gaps, mean and sd come from
 _BLOCK_ELEMS = 1 << 18  # 2 MB of float64 per test block (concepts x pairs), and a bool mask
 _L1_ALPHA = 1.0  # penalty weight of the fallback fit under (quasi-)separation
 
-STATS_COLUMNS = ["concept", "n", "mean_gap", "ci_low", "ci_high", "n_pos", "n_neg", "n_zero",
-                 "p_sign", "p_wilcoxon", "d_z", "p_superiority", "q_sign", "q_wilcoxon",
-                 "direction"]
+# The shared table vocabulary (also `anatomy.hypotheses`, `anatomy.predict`): the effect is
+# always ``effect``, its interval ``ci_low`` / ``ci_high``, the main test's p and q ``p`` / ``q``
+# (secondary tests keep a suffix: ``p_sign``, ``q_sign``), the standardized effect ``d``, the
+# pairs in scope ``n``.
+STATS_COLUMNS = ["concept", "n", "effect", "ci_low", "ci_high", "n_pos", "n_neg", "n_zero",
+                 "p", "p_sign", "d", "p_superiority", "q", "q_sign", "direction"]
 REGRESSION_COLUMNS = ["concept", "n_discovery", "n_heldout", "coef_discovery", "p_discovery",
-                      "coef_heldout", "p_heldout", "ci_low_heldout", "ci_high_heldout",
-                      "replicated", "q_heldout", "note"]
+                      "effect", "p", "ci_low", "ci_high", "replicated", "q", "note"]
 
 
 # ---------------------------------------------------------------- input checks
@@ -109,7 +111,7 @@ def _check_finite(chosen: pd.DataFrame, rejected: pd.DataFrame, c_mat: np.ndarra
                              f"{frame.index[int(bad[j].argmax())]!r}")
 
 
-def _bh(p: np.ndarray) -> np.ndarray:
+def bh_qvalues(p: np.ndarray) -> np.ndarray:
     """Benjamini–Hochberg q-values (statsmodels ``fdr_bh``); NaN p-values stay NaN, excluded."""
     q = np.full(p.shape, np.nan)
     ok = ~np.isnan(p)
@@ -288,28 +290,28 @@ def paired_stats(chosen: pd.DataFrame, rejected: pd.DataFrame, *, n_boot: int = 
 
     chosen, rejected: DataFrames (pair x concept) of floats, same shape, index and columns
         (column order may differ; ``chosen``'s order is used). Row i of both is pair i.
-    n_boot: bootstrap resamples of the pairs for the CI of ``mean_gap``; 0 skips the
+    n_boot: bootstrap resamples of the pairs for the CI of ``effect``; 0 skips the
         bootstrap and leaves ``ci_low`` / ``ci_high`` NaN.
     ci: confidence level of the percentile-bootstrap interval.
     seed: seeds the resampling; same inputs and seed, same output.
 
     Returns one row per concept (in column order) with columns
-      concept; n (pairs); mean_gap (mean of d);
+      concept; n (pairs); effect (mean of d);
       ci_low, ci_high — percentile bootstrap over pairs. One resampling matrix is shared by
         all concepts (the same resampled pairs for every concept), applied as a matrix
         product in chunks;
       n_pos, n_neg, n_zero — pairs with d > 0, d < 0, d == 0;
-      p_sign — two-sided exact binomial sign test of n_pos out of n_pos + n_neg (ties
-        dropped), = ``scipy.stats.binomtest(n_pos, n_pos + n_neg).pvalue``; 1 if all d are 0;
-      p_wilcoxon — Wilcoxon signed-rank, zero_method="wilcox", normal approximation with tie
+      p — Wilcoxon signed-rank, zero_method="wilcox", normal approximation with tie
         correction, no continuity correction, = ``scipy.stats.wilcoxon(d, zero_method=
         "wilcox", correction=False, method="approx").pvalue``; 1 if all d are 0 (scipy: NaN);
-      d_z — Cohen's d_z = mean(d) / sd(d, ddof=1); +-inf when every pair has the same
+      p_sign — two-sided exact binomial sign test of n_pos out of n_pos + n_neg (ties
+        dropped), = ``scipy.stats.binomtest(n_pos, n_pos + n_neg).pvalue``; 1 if all d are 0;
+      d — Cohen's d_z = mean(d) / sd(d, ddof=1); +-inf when every pair has the same
         nonzero gap (sd 0), 0 when every gap is 0 or sd is undefined (n = 1);
       p_superiority — P(chosen > rejected) + 0.5 P(tie) = (n_pos + n_zero / 2) / n;
-      q_sign, q_wilcoxon — Benjamini–Hochberg over the concepts (statsmodels
+      q, q_sign — Benjamini–Hochberg over the concepts of p and p_sign (statsmodels
         ``multipletests(method="fdr_bh")``);
-      direction — "chosen" if mean_gap > 0, "rejected" if < 0, else "none".
+      direction — "chosen" if effect > 0, "rejected" if < 0, else "none".
 
     Raises ValueError for mismatched shapes, columns or index, non-numeric columns, and
     NaN / infinite values (naming the column), and for n_boot < 0 or ci outside (0, 1).
@@ -344,18 +346,18 @@ def paired_stats(chosen: pd.DataFrame, rejected: pd.DataFrame, *, n_boot: int = 
     return pd.DataFrame({
         "concept": concepts,
         "n": n,
-        "mean_gap": mean,
+        "effect": mean,
         "ci_low": out["ci_low"],
         "ci_high": out["ci_high"],
         "n_pos": n_pos_all,
         "n_neg": n_neg_all,
         "n_zero": n - n_pos_all - n_neg_all,
+        "p": out["p_wilcoxon"],
         "p_sign": out["p_sign"],
-        "p_wilcoxon": out["p_wilcoxon"],
-        "d_z": out["d_z"],
+        "d": out["d_z"],
         "p_superiority": out["p_superiority"],
-        "q_sign": _bh(out["p_sign"]),
-        "q_wilcoxon": _bh(out["p_wilcoxon"]),
+        "q": bh_qvalues(out["p_wilcoxon"]),
+        "q_sign": bh_qvalues(out["p_sign"]),
         "direction": np.where(mean > 0, "chosen", np.where(mean < 0, "rejected", "none")),
     }, columns=STATS_COLUMNS)
 
@@ -420,10 +422,10 @@ def preference_regression(chosen: pd.DataFrame, rejected: pd.DataFrame, *,
     discovery half and on the held-out half separately.
 
     Returns one row per concept with columns concept, n_discovery, n_heldout,
-    coef_discovery, p_discovery, coef_heldout, p_heldout, ci_low_heldout, ci_high_heldout
-    (95% Wald CI of the held-out coefficient), replicated (held-out coefficient has the
-    discovery sign and p_heldout < 0.05), q_heldout (Benjamini–Hochberg over concepts with a
-    held-out p-value), and note ("" or what went wrong: a concept whose gap is 0 in every
+    coef_discovery, p_discovery (the discovery half's fit), effect (the held-out
+    coefficient), p (its held-out p-value), ci_low, ci_high (its 95% Wald CI), replicated
+    (the held-out coefficient has the discovery sign and p < 0.05), q (Benjamini–Hochberg
+    over concepts with a held-out p-value), and note ("" or what went wrong: a concept whose gap is 0 in every
     pair is not fitted (NaNs); under separation or a failed fit, an L1-regularised fit is
     used and flagged).
 
@@ -492,36 +494,30 @@ def preference_regression(chosen: pd.DataFrame, rejected: pd.DataFrame, *,
                 if note:
                     rows[c]["note"] = "; ".join(filter(None, [rows[c]["note"], f"{half}: {note}"]))
 
-    table = pd.DataFrame([rows[c] for c in concepts]).reindex(columns=REGRESSION_COLUMNS)
-    table[["coef_discovery", "p_discovery", "coef_heldout", "p_heldout", "ci_low_heldout",
-           "ci_high_heldout"]] = table[["coef_discovery", "p_discovery", "coef_heldout",
-                                        "p_heldout", "ci_low_heldout", "ci_high_heldout"]
-                                       ].astype(float)
-    table["replicated"] = ((np.sign(table["coef_heldout"]) == np.sign(table["coef_discovery"]))
-                           & (table["coef_discovery"] != 0) & (table["p_heldout"] < 0.05))
-    table["q_heldout"] = _bh(table["p_heldout"].to_numpy())
+    held = {"coef_heldout": "effect", "p_heldout": "p", "ci_low_heldout": "ci_low",
+            "ci_high_heldout": "ci_high"}
+    table = (pd.DataFrame([rows[c] for c in concepts]).rename(columns=held)
+             .reindex(columns=REGRESSION_COLUMNS))
+    numeric = ["coef_discovery", "p_discovery", "effect", "p", "ci_low", "ci_high"]
+    table[numeric] = table[numeric].astype(float)
+    table["replicated"] = ((np.sign(table["effect"]) == np.sign(table["coef_discovery"]))
+                           & (table["coef_discovery"] != 0) & (table["p"] < 0.05))
+    table["q"] = bh_qvalues(table["p"].to_numpy())
     table["note"] = table["note"].fillna("")
     return table
 
 
 # ---------------------------------------------------------------- figures
-def _ci_columns(stats_table: pd.DataFrame) -> tuple[str, str] | None:
-    for low, high in (("ci_low", "ci_high"), ("ci_low_heldout", "ci_high_heldout")):
-        if low in stats_table and high in stats_table:
-            return low, high
-    return None
-
-
-def plot_volcano(stats: pd.DataFrame, *, effect: str = "d_z", p: str = "q_wilcoxon",
+def plot_volcano(stats: pd.DataFrame, *, effect: str = "d", p: str = "q",
                  label: str = "concept", alpha: float = 0.05):
     """Volcano plot: ``effect`` (x) against -log10 of ``p`` (y), one point per concept.
 
-    stats: a table from `paired_stats` (or `preference_regression` with
-        ``effect="coef_heldout", p="q_heldout"``).
+    stats: a table in the shared vocabulary: `paired_stats`, `preference_regression`
+        (``effect="effect"``: its held-out coefficient) or a hypotheses table.
     Points are coloured "chosen" / "rejected" when ``p < alpha`` (by the sign of ``effect``)
     and "not significant" otherwise; a dashed line marks -log10(alpha). The hover shows the
-    label, effect, p and, when the table has them, mean_gap and its CI. p = 0 is drawn at
-    the smallest positive float; an infinite effect (``d_z`` of a gap that is the same in every
+    label, effect, p and, when the table has them, ``effect`` and its CI. p = 0 is drawn at
+    the smallest positive float; an infinite effect (``d`` of a gap that is the same in every
     pair) is drawn as a triangle at the edge of the plot, on its side, and hovers as inf.
     Returns a plotly ``go.Figure``.
     """
@@ -540,8 +536,7 @@ def plot_volcano(stats: pd.DataFrame, *, effect: str = "d_z", p: str = "q_wilcox
     group = np.where(pv < alpha, np.where(eff > 0, "chosen", np.where(eff < 0, "rejected",
                                                                          "not significant")),
                      "not significant")
-    ci_cols = _ci_columns(stats)
-    extra = [c for c in ("mean_gap",) if c in stats] + (list(ci_cols) if ci_cols else [])
+    extra = [c for c in ("effect", "ci_low", "ci_high") if c in stats and c != effect]
     hover = f"%{{text}}<br>{effect}=%{{customdata[1]:.3g}}<br>{p}=%{{customdata[0]:.3g}}"
     for j, c in enumerate(extra, start=2):
         hover += f"<br>{c}=%{{customdata[{j}]:.3g}}"
@@ -568,41 +563,41 @@ def plot_volcano(stats: pd.DataFrame, *, effect: str = "d_z", p: str = "q_wilcox
     return fig
 
 
-def plot_hypotheses(stats: pd.DataFrame, *, top: int = 20, by: str = "q_wilcoxon"):
-    """Forest plot of the ``top`` concepts: mean_gap with its bootstrap CI, one bar per row.
+def plot_hypotheses(stats: pd.DataFrame, *, top: int = 20, by: str = "q"):
+    """Forest plot of the ``top`` concepts: ``effect`` with its CI, one bar per row.
 
-    stats: a table from `paired_stats`. Concepts are picked by ascending ``by`` (ties broken
-    by larger |d_z|) and drawn ordered by mean_gap, chosen-favoured at the top, coloured by
+    stats: a table in the shared vocabulary (`paired_stats`, a hypotheses table). Concepts
+    are picked by ascending ``by`` (ties broken by larger |d|) and drawn ordered by effect, chosen-favoured at the top, coloured by
     direction. Error bars are the ``ci_low`` / ``ci_high`` columns (absent when n_boot=0
     left them NaN). Returns a plotly ``go.Figure``.
     """
     import plotly.graph_objects as go
 
-    for column in ("concept", "mean_gap", by):
+    for column in ("concept", "effect", by):
         if column not in stats:
             raise ValueError(f"column {column!r} not in the stats table "
                              f"(columns: {list(stats.columns)})")
     if top < 1:
         raise ValueError(f"top must be >= 1, got {top}")
-    keys = [by] + (["abs_dz"] if "d_z" in stats else [])
-    picked = (stats.assign(abs_dz=stats["d_z"].abs() if "d_z" in stats else 0.0)
+    keys = [by] + (["abs_d"] if "d" in stats else [])
+    picked = (stats.assign(abs_d=stats["d"].abs() if "d" in stats else 0.0)
               .sort_values(keys, ascending=[True, False][:len(keys)], kind="stable")
-              .head(top).sort_values("mean_gap", kind="stable"))
+              .head(top).sort_values("effect", kind="stable"))
     error_x = None
     if {"ci_low", "ci_high"} <= set(picked.columns) and picked[["ci_low", "ci_high"]].notna().all().all():
         error_x = {"type": "data", "symmetric": False,
-                   "array": (picked["ci_high"] - picked["mean_gap"]).to_numpy(),
-                   "arrayminus": (picked["mean_gap"] - picked["ci_low"]).to_numpy()}
-    direction = np.sign(picked["mean_gap"].to_numpy())
+                   "array": (picked["ci_high"] - picked["effect"]).to_numpy(),
+                   "arrayminus": (picked["effect"] - picked["ci_low"]).to_numpy()}
+    direction = np.sign(picked["effect"].to_numpy())
     colours = np.where(direction > 0, "#1f77b4", np.where(direction < 0, "#d62728", "#b0b0b0"))
     custom = picked[[by]].to_numpy(dtype=float)
     fig = go.Figure(go.Bar(
-        x=picked["mean_gap"], y=picked["concept"].astype(str), orientation="h",
+        x=picked["effect"], y=picked["concept"].astype(str), orientation="h",
         marker_color=colours, error_x=error_x, customdata=custom,
-        hovertemplate=f"%{{y}}<br>mean_gap=%{{x:.3g}}<br>{by}=%{{customdata[0]:.3g}}<extra></extra>"))
+        hovertemplate=f"%{{y}}<br>effect=%{{x:.3g}}<br>{by}=%{{customdata[0]:.3g}}<extra></extra>"))
     fig.add_vline(x=0, line_color="grey")
-    fig.update_layout(title=f"Top {len(picked)} concepts by {by}: mean gap (chosen - rejected)"
-                      + (" with bootstrap CI" if error_x else ""),
-                      xaxis_title="mean gap (chosen - rejected)", yaxis_title="",
+    fig.update_layout(title=f"Top {len(picked)} concepts by {by}: effect (chosen - rejected)"
+                      + (" with CI" if error_x else ""),
+                      xaxis_title="effect (chosen - rejected)", yaxis_title="",
                       height=max(300, 24 * len(picked) + 120), template="plotly_white")
     return fig

@@ -525,6 +525,24 @@ def load_preferences(
     return ds, pd.DataFrame(skipped, columns=REPORT_COLUMNS)
 
 
+def sample_pairs(pairs, n: int | None = None, *, seed=0) -> list[dict]:
+    """``n`` pairs drawn at random without replacement, kept in file order, as a list of dicts.
+
+    pairs: a ``load_preferences`` Dataset (or any sequence of pairs). n: None takes every
+    pair. seed: an int, or a ``numpy.random.Generator`` that successive draws share
+    (its state advances by one permutation per call). The indices are
+    ``sorted(rng.permutation(len(pairs))[:n])``: the same seed, the same pairs.
+    """
+    import numpy as np
+
+    if n is not None and n < 0:
+        raise ValueError(f"n must be >= 0 or None, got {n}")
+    if n is None:
+        return [pairs[i] for i in range(len(pairs))]
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    return [pairs[int(i)] for i in np.sort(rng.permutation(len(pairs))[:n])]
+
+
 def _check_length(tokenizer: Any, prompt: list[dict], chosen: str, rejected: str, max_length: int) -> None:
     """Raise ``_Bad`` naming the response (or the prompt) whose sequence exceeds ``max_length`` tokens."""
     n_prompt = _n_tokens(tokenizer, prompt)

@@ -351,7 +351,7 @@ def gate_weak_firing(features: PairFeatures, rho: float = 0.5,
         return features
     missing = [s for s in reference if s not in features.max]
     if missing:
-        raise KeyError(f"reference spans {missing} are not in the features (spans: {features.spans})")
+        raise ValueError(f"reference spans {missing} are not in the features (spans: {features.spans})")
     top = np.zeros(features.d_sae or next(iter(features.max.values())).shape[1])
     for s in reference:
         top = np.maximum(top, features.max[s].max(axis=0).toarray().ravel())
@@ -372,12 +372,39 @@ def _as_span_tuple(span: str | Sequence[str]) -> tuple[str, ...]:
     return (span,) if isinstance(span, str) else tuple(span)
 
 
+def _check_spans(features: PairFeatures, spans: Sequence[str]) -> None:
+    """ValueError naming the first span that is not in ``features``."""
+    for s in spans:
+        if s not in features.freq:
+            raise ValueError(f"span {s!r} is not in the features (spans: {features.spans})")
+
+
+def membership_matrix(clusters: pd.DataFrame, d_sae: int) -> tuple[sp.csr_matrix, np.ndarray]:
+    """``[d_sae, n_clusters]`` 0/1 membership of features in clusters, and the cluster sizes.
+
+    ``clusters``: `cluster_features` output (columns feature, cluster; -1 = in no cluster,
+    dropped). Columns are the cluster ids 0 .. max. Raises ValueError for a table without
+    those columns or a feature id outside ``0 .. d_sae - 1``.
+    """
+    if not isinstance(clusters, pd.DataFrame) or not {"feature", "cluster"} <= set(clusters.columns):
+        raise ValueError("`clusters` must be a pandas DataFrame with columns 'feature' and 'cluster' "
+                         "(anatomy.features.cluster_features)")
+    member = clusters[clusters["cluster"] >= 0]
+    feat = member["feature"].to_numpy(dtype=np.int64)
+    if len(feat) and (feat.min() < 0 or feat.max() >= d_sae):
+        bad = int(feat[(feat < 0) | (feat >= d_sae)][0])
+        raise ValueError(f"`clusters` names feature {bad}, outside the SAE's 0..{d_sae - 1}")
+    n_clusters = int(member["cluster"].max()) + 1 if len(member) else 0
+    M = sp.csr_matrix((np.ones(len(member)), (feat, member["cluster"].to_numpy(dtype=np.int64))),
+                      shape=(d_sae, n_clusters))
+    return M, np.asarray(M.sum(axis=0)).ravel()
+
+
 def firing_matrix(features: PairFeatures, span: str | Sequence[str] = ("chosen", "rejected")) -> sp.csr_matrix:
     """Binary firing ``[n_pairs * n_spans, d_sae]`` (freq > 0), spans stacked vertically."""
     mats = []
+    _check_spans(features, _as_span_tuple(span))
     for s in _as_span_tuple(span):
-        if s not in features.freq:
-            raise KeyError(f"span {s!r} is not in the features (spans: {features.spans})")
         m = features.freq[s].tocsr().copy()
         m.data = (m.data > 0).astype(np.float32)
         m.eliminate_zeros()
@@ -585,11 +612,9 @@ def cluster_scores(
     if stat not in ("freq", "max"):
         raise ValueError(f"stat {stat!r} is not 'freq' or 'max'")
     mats = getattr(features, stat)
-    member = clusters[clusters["cluster"] >= 0]
-    n_clusters = int(member["cluster"].max()) + 1 if len(member) else 0
-    d_sae = next(iter(mats.values())).shape[1]
-    M = sp.csr_matrix((np.ones(len(member)), (member["feature"].to_numpy(), member["cluster"].to_numpy())),
-                      shape=(d_sae, n_clusters))
+    _check_spans(features, _as_span_tuple(span))
+    M, _ = membership_matrix(clusters, next(iter(mats.values())).shape[1])
+    n_clusters = M.shape[1]
     total = None
     for s in _as_span_tuple(span):
         part = mats[s] @ M

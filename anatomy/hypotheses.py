@@ -3,7 +3,7 @@
 Takes the SAE lens's per-span summaries (`anatomy.features.PairFeatures`: per pair and span,
 each feature's firing frequency, ``csr_matrix[n_pairs, d_sae]``) and its concept clusters
 (`anatomy.features.cluster_features`: a DataFrame with columns ``feature``, ``cluster``, -1 =
-unclustered); returns pandas DataFrames of tested hypotheses and HTML of example pairs.
+unclustered); returns pandas DataFrames of tested hypotheses (examples are drawn by `anatomy.viz`).
 METHOD.md §3.4 (global view) and §3.5 (prompt-conditioned view) are the spec.
 
 Global (feature-conditioned) view, METHOD §3.4:
@@ -22,8 +22,8 @@ Prompt-conditioned view, METHOD §3.5:
 Output:
 - `hypotheses_table(u, global_rows, prompt_rows)` — one tidy table: labels, direction,
   effect with CI, p, q, replication, n, representative pair ids.
-- `show_examples(pairs, ids, highlight=...)` — chosen | rejected side by side, the concept marked.
-- `token_feature_scores(model, sae, pairs, feature_ids)` — per-token concept activity (for highlight).
+- `token_feature_scores(model, sae, pairs, feature_ids)` — per-token concept activity, for
+  `anatomy.viz.show_examples(pairs, ids, highlight=scores)`.
 Helpers: `spherical_kmeans`, `split_halves`, `length_gap`, `mean_disparity` (covariates).
 
 Decisions (documented where they are made):
@@ -41,9 +41,7 @@ Decisions (documented where they are made):
 
 from __future__ import annotations
 
-import html
-import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -51,8 +49,8 @@ import scipy.sparse as sp
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from .contrast import paired_stats
-from .features import PairFeatures, cluster_scores
+from .contrast import bh_qvalues, paired_stats
+from .features import PairFeatures, cluster_scores, membership_matrix
 
 __all__ = [
     "data_clusters",
@@ -63,7 +61,6 @@ __all__ = [
     "prompt_clusters",
     "prompt_conditioned_hypotheses",
     "rank_hypotheses",
-    "show_examples",
     "signed_disparity",
     "spherical_kmeans",
     "split_halves",
@@ -71,7 +68,7 @@ __all__ = [
     "token_feature_scores",
 ]
 
-HYPOTHESIS_COLUMNS = ["view", "group", "n_in", "n_out", "concept", "delta", "ci_low", "ci_high",
+HYPOTHESIS_COLUMNS = ["view", "group", "n", "n_out", "concept", "effect", "ci_low", "ci_high",
                       "statistic", "df", "p", "d", "mean_in", "mean_out", "consistent", "delta_a",
                       "delta_b", "delta_min", "replicated", "q", "direction", "test"]
 TABLE_COLUMNS = ["view", "rank", "scope", "group", "concept", "label", "direction", "effect",
@@ -81,25 +78,6 @@ _CI = 0.95
 
 
 # ---------------------------------------------------------------- inputs
-def _membership(clusters: pd.DataFrame, d_sae: int) -> tuple[sp.csr_matrix, np.ndarray]:
-    """(d_sae, n_clusters) 0/1 membership of features in clusters, and the cluster sizes.
-
-    Columns follow `anatomy.features.cluster_scores`: cluster ids 0 .. max; -1 rows are dropped.
-    """
-    if not isinstance(clusters, pd.DataFrame) or not {"feature", "cluster"} <= set(clusters.columns):
-        raise ValueError("`clusters` must be a DataFrame with columns 'feature' and 'cluster' "
-                         "(anatomy.features.cluster_features)")
-    member = clusters[clusters["cluster"] >= 0]
-    feat = member["feature"].to_numpy(dtype=np.int64)
-    if len(feat) and (feat.min() < 0 or feat.max() >= d_sae):
-        bad = int(feat[(feat < 0) | (feat >= d_sae)][0])
-        raise ValueError(f"`clusters` names feature {bad}, outside the SAE's 0..{d_sae - 1}")
-    n_clusters = int(member["cluster"].max()) + 1 if len(member) else 0
-    M = sp.csr_matrix((np.ones(len(member)), (feat, member["cluster"].to_numpy(dtype=np.int64))),
-                      shape=(d_sae, n_clusters))
-    return M, np.asarray(M.sum(axis=0)).ravel()
-
-
 def _features_spans(features: PairFeatures, spans: Sequence[str]) -> int:
     """Check the spans exist and share the pair count; return d_sae."""
     shapes = set()
@@ -166,7 +144,7 @@ def signed_disparity(features: PairFeatures, clusters: pd.DataFrame, *,
     if tau < 0:
         raise ValueError(f"tau must be >= 0 (a firing-frequency threshold), got {tau}")
     d_sae = _features_spans(features, ("chosen", "rejected"))
-    M, sizes = _membership(clusters, d_sae)
+    M, sizes = membership_matrix(clusters, d_sae)
     M = M @ sp.diags(np.divide(1.0, sizes, out=np.zeros_like(sizes), where=sizes > 0))
     fired = []
     for span in ("chosen", "rejected"):
@@ -425,14 +403,6 @@ def _welch(m: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             "ci_low": delta - half_width, "ci_high": delta + half_width}
 
 
-def _bh(p: np.ndarray) -> np.ndarray:
-    q = np.full(len(p), np.nan)
-    ok = ~np.isnan(p)
-    if ok.any():
-        q[ok] = multipletests(p[ok], method="fdr_bh")[1]
-    return q
-
-
 def _replication(delta_a: np.ndarray, delta_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Same non-zero sign in both halves; Δ^min = that sign x min(|Δ^A|, |Δ^B|), else 0."""
     sa, sb = np.sign(delta_a), np.sign(delta_b)
@@ -472,10 +442,11 @@ def _in_vs_out(u: pd.DataFrame, labels, *, view: str, min_size: int, groups, see
     table = pd.DataFrame({
         "view": view,
         "group": np.repeat(grp, n_concepts),
-        "n_in": np.repeat(full["n_in"], n_concepts).astype(np.int64),
+        "n": np.repeat(full["n_in"], n_concepts).astype(np.int64),
         "n_out": np.repeat(full["n_out"], n_concepts).astype(np.int64),
         "concept": np.tile(np.asarray(u.columns), K),
-        **{c: res[c].ravel() for c in ("delta", "ci_low", "ci_high", "statistic", "df", "p", "d")},
+        "effect": res["delta"].ravel(),
+        **{c: res[c].ravel() for c in ("ci_low", "ci_high", "statistic", "df", "p", "d")},
         "mean_in": full["mean_in"].ravel(),
         "mean_out": full["mean_out"].ravel(),
         "consistent": ((np.sign(full["mean_in"]) == np.sign(res["delta"]))
@@ -485,8 +456,8 @@ def _in_vs_out(u: pd.DataFrame, labels, *, view: str, min_size: int, groups, see
         "delta_min": delta_min.ravel(),
         "replicated": replicated.ravel(),
     })
-    table["q"] = _bh(table["p"].to_numpy())
-    table["direction"] = _direction(table["delta"].to_numpy())
+    table["q"] = bh_qvalues(table["p"].to_numpy())
+    table["direction"] = _direction(table["effect"].to_numpy())
     table["test"] = "welch: in vs out"
     order = np.lexsort((-np.abs(table["statistic"].to_numpy()),
                         -np.abs(table["delta_min"].to_numpy()), ~table["consistent"].to_numpy()))
@@ -505,14 +476,14 @@ def global_hypotheses(u: pd.DataFrame, labels, *, min_size: int = 10,
     min_size: data clusters with fewer pairs are not tested.
     groups, seed: the split halves (`split_halves`); pass the prompt id as ``groups``.
 
-    Per (k, m): delta = Δ_km = mean u in B_k − mean u over the other active pairs (so a
+    Per (k, m): effect = Δ_km = mean u in B_k − mean u over the other active pairs (so a
     dataset-wide baseline such as "chosen is longer" cancels); statistic = Welch's t (the
     paper's z; equals scipy.stats.ttest_ind(in, out, equal_var=False)), df (Welch–
     Satterthwaite), p (two-sided t), ci_low / ci_high (95% Welch CI of Δ), d (Cohen's d,
     pooled sd); mean_in / mean_out: the two means; consistent: mean_in has Δ's (non-zero)
     sign; delta_a / delta_b: Δ in each split half (in and out both taken in that half);
     replicated: same non-zero sign in both; delta_min: that sign x min(|Δ^A|, |Δ^B|), 0 when
-    not replicated; q: Benjamini–Hochberg over every row of the table; n_in, n_out;
+    not replicated; q: Benjamini–Hochberg over every row of the table; n (pairs in B_k), n_out;
     direction ("chosen" if Δ > 0, "rejected" if < 0); view = "global".
 
     Returns the rows ranked by |delta_min| (then |statistic|) descending — the paper's rule —
@@ -580,17 +551,17 @@ def rank_hypotheses(u: pd.DataFrame, labels, *, conditional: pd.DataFrame | None
     Why both: Δ in-vs-out cancels dataset-wide baselines, so a concept planted in 40% of all
     pairs, uniformly, has Δ ≈ 0 in every data cluster; the dataset-wide rows find it.
 
-    (a) dataset-wide rows (group -1, n_in = all pairs, test "wilcoxon: all pairs", or
+    (a) dataset-wide rows (group -1, n = all pairs, test "wilcoxon: all pairs", or
         "ols intercept (HC3): ..." with covariates):
         per concept, `anatomy.contrast.paired_stats` on u against 0 (u is itself a paired
-        chosen − rejected difference): delta = mean u, ci = percentile bootstrap
+        chosen − rejected difference): effect = mean u, ci = percentile bootstrap
         (``n_boot``), p = Wilcoxon signed-rank, d = d_z. With ``covariates`` (e.g.
         `length_gap`, `mean_disparity`, or both as columns), u is first adjusted by its
-        per-concept OLS slope, so delta is the OLS intercept, the expected u at a zero
+        per-concept OLS slope, so effect is the OLS intercept, the expected u at a zero
         covariate ("beyond length", "beyond the pair's overall shift"), and p is that
         intercept's t-test with HC3 standard errors (test "ols intercept (HC3)"): the
         residuals of a concept present in few pairs are skewed, so a signed-rank test on them
-        would test their pseudo-median, not the mean that delta reports. The bootstrap CI
+        would test their pseudo-median, not the mean that effect reports. The bootstrap CI
         and d_z are of the adjusted u and ignore the slopes' own uncertainty. Split halves
         as for (b).
     (b) conditional rows: ``conditional`` (a `global_hypotheses` table) or computed here.
@@ -598,11 +569,11 @@ def rank_hypotheses(u: pd.DataFrame, labels, *, conditional: pd.DataFrame | None
     q is recomputed by Benjamini–Hochberg over all rows of (a) and (b) together. Ranking,
     same units on both sides (u is a share of a cluster's features): rows that replicate,
     are consistent (see `global_hypotheses`) and have q <= alpha first, then by ``by``:
-      "impact" (default): |delta_min| x n_in / n_pairs — the shift the hypothesis accounts
+      "impact" (default): |delta_min| x n / n_pairs — the shift the hypothesis accounts
           for, averaged over the whole dataset, so a small data cluster with a large Δ does
           not outrank a dataset-wide effect, nor a dataset-wide nudge a strong subgroup;
       "delta_min": |delta_min| (the paper's rule, blind to coverage);
-      "d": |d| x sqrt(n_in / n_pairs) — the standardized effect (for the dataset-wide rows
+      "d": |d| x sqrt(n / n_pairs) — the standardized effect (for the dataset-wide rows
           d_z = t / sqrt(n)), weighted by coverage as "impact" is: a concept whose u is
           consistent but small (a large cluster of which few features move) is not outranked
           by a larger but noisier shift. On five development organisms it raised recall at top
@@ -633,13 +604,13 @@ def rank_hypotheses(u: pd.DataFrame, labels, *, conditional: pd.DataFrame | None
     delta_a, delta_b = Ua[half].mean(axis=0), Ua[~half].mean(axis=0)
     replicated, delta_min = _replication(delta_a, delta_b)
     dataset = pd.DataFrame({
-        "view": "global", "group": -1, "n_in": n, "n_out": 0, "concept": np.asarray(u.columns),
-        "delta": wide["mean_gap"].to_numpy(), "ci_low": wide["ci_low"].to_numpy(),
+        "view": "global", "group": -1, "n": n, "n_out": 0, "concept": np.asarray(u.columns),
+        "effect": wide["effect"].to_numpy(), "ci_low": wide["ci_low"].to_numpy(),
         "ci_high": wide["ci_high"].to_numpy(), "statistic": np.nan, "df": np.nan,
-        "p": wide["p_wilcoxon"].to_numpy() if p_adjusted is None else p_adjusted,
-        "d": wide["d_z"].to_numpy(),
-        "mean_in": wide["mean_gap"].to_numpy(), "mean_out": np.nan,
-        "consistent": wide["mean_gap"].to_numpy() != 0,
+        "p": wide["p"].to_numpy() if p_adjusted is None else p_adjusted,
+        "d": wide["d"].to_numpy(),
+        "mean_in": wide["effect"].to_numpy(), "mean_out": np.nan,
+        "consistent": wide["effect"].to_numpy() != 0,
         "delta_a": delta_a, "delta_b": delta_b, "delta_min": delta_min,
         "replicated": replicated, "q": np.nan, "direction": wide["direction"].to_numpy(),
         "test": "wilcoxon: all pairs" if covariates is None
@@ -647,12 +618,12 @@ def rank_hypotheses(u: pd.DataFrame, labels, *, conditional: pd.DataFrame | None
     })
     parts = [t for t in (dataset, conditional[HYPOTHESIS_COLUMNS]) if len(t)]
     table = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].copy()
-    table["q"] = _bh(table["p"].to_numpy(dtype=np.float64))
-    table["impact"] = np.abs(table["delta_min"].to_numpy(dtype=np.float64)) * table["n_in"] / n
+    table["q"] = bh_qvalues(table["p"].to_numpy(dtype=np.float64))
+    table["impact"] = np.abs(table["delta_min"].to_numpy(dtype=np.float64)) * table["n"] / n
     passes = (table["replicated"].astype(bool) & table["consistent"].astype(bool)
               & (table["q"] <= alpha))
     key = {"impact": table["impact"], "delta_min": table["delta_min"].abs(),
-           "d": table["d"].abs().fillna(0.0) * np.sqrt(table["n_in"] / n)}[by]
+           "d": table["d"].abs().fillna(0.0) * np.sqrt(table["n"] / n)}[by]
     order = np.lexsort((-np.abs(table["d"].to_numpy(dtype=np.float64)), -key.to_numpy(),
                         ~passes.to_numpy()))
     table = table.iloc[order].reset_index(drop=True)
@@ -771,10 +742,10 @@ def hypotheses_table(u: pd.DataFrame, global_rows: pd.DataFrame | None = None,
             out.append({
                 "view": r.view, "rank": rank, "scope": scope, "group": group,
                 "concept": r.concept, "label": label_of(r.concept), "direction": r.direction,
-                "effect": r.delta, "ci_low": r.ci_low, "ci_high": r.ci_high,
+                "effect": r.effect, "ci_low": r.ci_low, "ci_high": r.ci_high,
                 "ci_method": "welch" if r.test.startswith("welch") else "bootstrap",
                 "test": r.test, "p": r.p, "q": r.q, "d": r.d, "delta_min": r.delta_min,
-                "replicated": bool(r.replicated), "n": int(r.n_in),
+                "replicated": bool(r.replicated), "n": int(r.n),
                 "examples": _examples(values, ids[members], r.direction, n_examples),
             })
         frames.append(pd.DataFrame(out, columns=TABLE_COLUMNS))
@@ -784,129 +755,6 @@ def hypotheses_table(u: pd.DataFrame, global_rows: pd.DataFrame | None = None,
 
 
 # ---------------------------------------------------------------- examples, highlighted
-Span = tuple[int, int]
-Highlight = (Callable[[str], Iterable[Span]] | str | re.Pattern
-             | Mapping[str, Mapping[str, tuple[Sequence[str], Sequence[float]]]] | None)
-
-
-def _pair_rows(pairs) -> dict[str, dict]:
-    if isinstance(pairs, pd.DataFrame):
-        rows = pairs.to_dict("records")
-    else:
-        rows = [dict(p) for p in pairs]
-    out = {}
-    for i, row in enumerate(rows):
-        out[str(row.get("id", i))] = row
-    return out
-
-
-def _prompt_text(prompt) -> str:
-    if isinstance(prompt, str):
-        return prompt
-    if isinstance(prompt, Sequence):
-        users = [m.get("content", "") for m in prompt if isinstance(m, Mapping) and m.get("role") == "user"]
-        return users[-1] if users else "\n".join(str(m.get("content", "")) for m in prompt
-                                                   if isinstance(m, Mapping))
-    return str(prompt)
-
-
-def _mark_spans(text: str, spans: Iterable[Span]) -> str:
-    """Escaped text with the (merged) character spans wrapped in <mark>."""
-    cuts = sorted((max(0, int(a)), min(len(text), int(b))) for a, b in spans)
-    merged: list[list[int]] = []
-    for a, b in cuts:
-        if b <= a:
-            continue
-        if merged and a <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], b)
-        else:
-            merged.append([a, b])
-    out, pos = [], 0
-    for a, b in merged:
-        out.append(html.escape(text[pos:a]))
-        out.append(f'<mark class="anatomy-concept">{html.escape(text[a:b])}</mark>')
-        pos = b
-    out.append(html.escape(text[pos:]))
-    return "".join(out)
-
-
-def _mark_tokens(tokens: Sequence[str], scores: Sequence[float]) -> str:
-    """Escaped tokens; those with a positive score in <mark>, opacity = score / max score."""
-    scores = np.asarray(scores, dtype=np.float64)
-    vmax = float(scores.max()) if len(scores) and scores.max() > 0 else 1.0
-    out = []
-    for tok, s in zip(tokens, scores):
-        text = html.escape(tok)
-        if s > 0:
-            alpha = min(1.0, s / vmax)
-            out.append(f'<mark class="anatomy-concept" title="{s:.3g}" '
-                       f'style="background: rgba(255,140,0,{0.15 + 0.85 * alpha:.2f})">{text}</mark>')
-        else:
-            out.append(text)
-    return "".join(out)
-
-
-def _render(text: str, pid: str, side: str, highlight) -> str:
-    if highlight is None:
-        return html.escape(text)
-    if isinstance(highlight, (str, re.Pattern)):
-        pattern = re.compile(highlight) if isinstance(highlight, str) else highlight
-        return _mark_spans(text, (m.span() for m in pattern.finditer(text)))
-    if isinstance(highlight, Mapping):
-        entry = highlight.get(pid, {}).get(side)
-        if entry is None:
-            return html.escape(text)
-        tokens, scores = entry
-        return _mark_tokens(tokens, scores)
-    if callable(highlight):
-        return _mark_spans(text, highlight(text))
-    raise ValueError("`highlight` must be None, a regex, a callable text -> [(start, end)], or "
-                     "token scores from token_feature_scores")
-
-
-def show_examples(pairs, pair_ids: Sequence[str], *, highlight: Highlight = None,
-                  title: str | None = None):
-    """Example pairs, chosen and rejected side by side, the concept's text marked.
-
-    pairs: the dataset (a `datasets.Dataset`, a list of dicts or a DataFrame with id,
-        prompt, chosen, rejected). pair_ids: which pairs, in order (e.g. the ``examples`` of
-        a `hypotheses_table` row).
-    highlight: None; a regex (str or compiled) whose matches are marked; a callable
-        text -> [(char_start, char_end), ...]; or `token_feature_scores` output (per pair id
-        and side, tokens and scores: tokens with a score > 0 are marked, shaded by score).
-    All text is HTML-escaped; marked text is in ``<mark class="anatomy-concept">``.
-    Returns an ``IPython.display.HTML`` (its ``.data`` is the HTML string). Raises
-    ValueError naming a pair id that is not in ``pairs``.
-    """
-    from IPython.display import HTML
-
-    rows = _pair_rows(pairs)
-    missing = [p for p in pair_ids if str(p) not in rows]
-    if missing:
-        raise ValueError(f"pair id(s) {missing[:5]} not in `pairs`")
-    cell = "vertical-align: top; white-space: pre-wrap; padding: 4px 8px; width: 50%"
-    parts = ['<div class="anatomy-examples" style="font-family: sans-serif">']
-    if title:
-        parts.append(f"<h3>{html.escape(title)}</h3>")
-    for pid in pair_ids:
-        pid = str(pid)
-        row = rows[pid]
-        for field in ("chosen", "rejected"):
-            if not isinstance(row.get(field), str):
-                raise ValueError(f"pair {pid!r} field {field!r}: missing or not text")
-        prompt = html.escape(_prompt_text(row.get("prompt", "")))
-        parts.append(
-            f'<div class="anatomy-pair" style="margin: 8px 0; border-top: 1px solid #ccc">'
-            f"<p><b>{html.escape(pid)}</b> — <i>{prompt}</i></p>"
-            f'<table style="width: 100%; table-layout: fixed"><tr><th>chosen</th><th>rejected</th></tr>'
-            f'<tr><td class="anatomy-chosen" style="{cell}">'
-            f"{_render(row['chosen'], pid, 'chosen', highlight)}</td>"
-            f'<td class="anatomy-rejected" style="{cell}">'
-            f"{_render(row['rejected'], pid, 'rejected', highlight)}</td></tr></table></div>")
-    parts.append("</div>")
-    return HTML("".join(parts))
-
-
 def token_feature_scores(model, sae, pairs, feature_ids: Sequence[int], *, hook: str | None = None,
                          batch_tokens: int = 4096) -> dict[str, dict[str, tuple[list[str], np.ndarray]]]:
     """Per response token, the summed SAE activation of ``feature_ids`` (a concept's features).
@@ -918,7 +766,7 @@ def token_feature_scores(model, sae, pairs, feature_ids: Sequence[int], *, hook:
 
     Returns ``{pair_id: {"chosen": (tokens, scores), "rejected": (tokens, scores)}}`` over the
     response span (tokens decoded one by one, scores a float array), ready for
-    ``show_examples(..., highlight=scores)``.
+    ``anatomy.viz.show_examples(..., highlight=scores)``.
     """
     import torch
 

@@ -617,10 +617,11 @@ SWEEP_CONCEPTS = ("list_item", "bold", "header", "emoji", "refusal", "flattery",
 
 def _probe_auroc(x: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int) -> float:
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import GroupKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+
+    from .probes import auroc
 
     if y.sum() < 5 or (1 - y).sum() < 5:
         return float("nan")
@@ -629,7 +630,7 @@ def _probe_auroc(x: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int) ->
         clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000, random_state=seed))
         clf.fit(x[tr], y[tr])
         scores[te] = clf.decision_function(x[te])
-    return float(roc_auc_score(y, scores))
+    return auroc(scores, y)
 
 
 def layer_sweep(

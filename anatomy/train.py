@@ -4,7 +4,9 @@ Takes a model (a ``TransformerBridge`` from ``load_model``, or a Hugging Face
 causal LM plus its tokenizer), preference pairs (``id``, ``prompt`` messages,
 ``chosen``, ``rejected``: ``load_preferences``) and the shaping of the learning
 signal: per-pair offsets ``λ·ΔA_u`` (METHOD §2), per-pair weights, per-token
-masks and forward hooks applied to the policy only. ``train_dpo`` returns a
+masks, and forward hooks and prompts applied to the policy only (what
+``interventions.compile_plan`` makes from a Plan: ``train_dpo(model, pairs,
+**inputs.train_kwargs())``). ``train_dpo`` returns a
 ``TrainResult``: the config, a per-step history DataFrame, the model (the same
 object, trained in place), the reference log-probs and the wall time.
 
@@ -27,7 +29,8 @@ Decisions, so that results can be compared with TRL and between runs:
   Rescale weights to mean 1 first if only their ratios should matter.
 - **Reference.** ``πref`` is the model's initial weights. Its log-probs are
   computed once, before the first update (no second copy of the model), with
-  the same autocast setting and without the policy hooks; kept in memory and,
+  the same autocast setting, without the policy hooks and on the pairs' own
+  prompts (never the policy prompts); kept in memory and,
   with ``out_dir``, written to ``ref_logps-<model>-<n>pairs-<digest>.safetensors``
   (the digest covers the weights' fingerprint, the tokens and the masks), which
   a rerun into the same ``out_dir`` reuses.
@@ -39,19 +42,18 @@ Decisions, so that results can be compared with TRL and between runs:
 - **Dropout is off**, as TRL's default: the model stays in eval mode (with
   ``gradient_checkpointing``, which needs train mode, every dropout's p is 0).
 
-``pair_logprobs`` and ``preference_margins`` score pairs without training:
-preference accuracy and mean margin on held-out clean pairs are the
-"intended learning" metric of a trained policy.
+The log-prob engine (``pair_logprobs``, ``preference_margins``, sequence log-probs)
+lives in ``anatomy.logprobs``, run directories and LoRA in ``anatomy.checkpoints``;
+both are re-exported here.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -64,23 +66,13 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .cache import _pair_fields
-from .models import format_pair
-
-Hook = tuple[str, Callable]
-
-CONFIG_FILE = "train_config.json"
-HISTORY_FILE = "history.json"
-WEIGHTS_FILE = "model.safetensors"
-ADAPTER_FILE = "adapter.safetensors"
-PEFT_HINT = (
-    "lora= needs the optional package peft, which anatomy does not install: "
-    "`pip install peft` in this environment (or leave lora=None for a full fine-tune)"
-)
-HISTORY_COLUMNS = [
-    "step", "epoch", "loss", "accuracy", "margin", "reward_margin",
-    "grad_norm", "lr", "n_pairs", "seconds",
-]
+from .checkpoints import (ADAPTER_FILE, CONFIG_FILE, HISTORY_COLUMNS, HISTORY_FILE, PEFT_HINT, WEIGHTS_FILE,  # noqa: F401
+                          _bridge_head_bias, _inject_lora, _merge_lora, _prepare_out_dir, _save, load_train_run)
+from .fingerprint import digest as _digest
+from .fingerprint import weights_fingerprint as _weights_fingerprint
+from .logprobs import (Hook, _all_logps, _apply_token_masks, _check_head, _check_hooks, _encode, _eval_mode, _hooked,  # noqa: F401
+                       _model_name, _n_ctx, _pad_id, _pair_batch_logps, _Seq, _unwrap, pair_logprobs,
+                       preference_margins, sequence_logprobs)
 
 
 # ----------------------------------------------------------------------------- config
@@ -194,59 +186,6 @@ class TrainResult:
 # ----------------------------------------------------------------------------- inputs
 
 
-@dataclass(frozen=True)
-class _Seq:
-    """One prompt + completion sequence; ``count[j]`` says whether completion token j counts."""
-
-    ids: tuple[int, ...]
-    n_prompt: int
-    n_response: int
-    count: tuple[bool, ...]
-
-
-def _unwrap(model, tokenizer=None):
-    """(bridge or None, Hugging Face model, tokenizer)."""
-    if hasattr(model, "original_model") and hasattr(model, "hooks"):
-        return model, model.original_model, tokenizer or model.tokenizer
-    if tokenizer is None:
-        raise ValueError("a plain Hugging Face model needs tokenizer=...; a TransformerBridge brings its own")
-    return None, model, tokenizer
-
-
-def _model_name(bridge, hf) -> str | None:
-    if bridge is not None and getattr(bridge.cfg, "model_name", None):
-        return str(bridge.cfg.model_name)
-    return getattr(hf.config, "name_or_path", None) or None
-
-
-def _n_ctx(bridge, hf) -> int | None:
-    if bridge is not None and getattr(bridge.cfg, "n_ctx", None):
-        return int(bridge.cfg.n_ctx)
-    return getattr(hf.config.get_text_config(), "max_position_embeddings", None)
-
-
-def _encode(tokenizer, pairs, n_ctx: int | None) -> tuple[list[str], list[tuple[_Seq, _Seq]]]:
-    ids, seqs = [], []
-    for i in range(len(pairs)):
-        pid, prompt, chosen, rejected = _pair_fields(pairs[i], i)
-        sides = []
-        for side, text in (("chosen", chosen), ("rejected", rejected)):
-            enc = format_pair(tokenizer, prompt, text)
-            n, n_prompt, n_resp = len(enc["input_ids"]), sum(enc["prompt_mask"]), sum(enc["response_mask"])
-            if n_ctx and n > n_ctx:
-                raise ValueError(
-                    f"pair {pid!r} field {side!r}: {n} tokens is longer than the model's context ({n_ctx})"
-                )
-            if n_resp == 0:
-                raise ValueError(f"pair {pid!r} field {side!r}: empty response")
-            if n_prompt == 0:
-                raise ValueError(f"pair {pid!r} field 'prompt': the prompt has no tokens")
-            sides.append(_Seq(tuple(enc["input_ids"]), n_prompt, n_resp, (True,) * (n - n_prompt)))
-        ids.append(pid)
-        seqs.append(tuple(sides))
-    return ids, seqs
-
-
 def _per_pair(values, name: str, ids: list[str], *, nonneg: bool = False) -> np.ndarray | None:
     """Validate a per-pair number array (offsets, weights) against the pairs."""
     if values is None:
@@ -268,158 +207,34 @@ def _per_pair(values, name: str, ids: list[str], *, nonneg: bool = False) -> np.
     return arr
 
 
-def _apply_token_masks(seqs, token_masks, ids) -> list[tuple[_Seq, _Seq]]:
-    """Fold token masks into the sequences' ``count`` flags.
-
-    Each mask is over that side's response tokens (the suffix always counts) or
-    over all its completion tokens (response + suffix); ``None`` keeps all.
-    """
-    if token_masks is None:
+def _policy_seqs(tokenizer, pairs, seqs, policy_prompts, ids, n_ctx):
+    """The sequences the policy sees: ``seqs`` itself, or each pair's responses under its policy prompt
+    (same completion tokens and count flags, another prompt)."""
+    if policy_prompts is None:
         return seqs
-    if len(token_masks) != len(ids):
-        n = len(token_masks)
+    if len(policy_prompts) != len(ids):
+        n = len(policy_prompts)
         extra = f"; pair {ids[n]!r} (index {n}) has none" if n < len(ids) else ""
-        raise ValueError(f"field 'token_masks': {n} entries for {len(ids)} pairs; need one per pair{extra}")
+        raise ValueError(f"field 'policy_prompts': {n} entries for {len(ids)} pairs; need one per pair{extra}")
     out = []
-    for pid, pair_seqs, masks in zip(ids, seqs, token_masks):
-        if masks is None:
+    for i, (pid, pair_seqs, prompt) in enumerate(zip(ids, seqs, policy_prompts)):
+        if prompt is None:
             out.append(pair_seqs)
             continue
-        if len(masks) != 2:
-            raise ValueError(f"pair {pid!r} field 'token_masks': need a (chosen_mask, rejected_mask) pair")
+        if not (isinstance(prompt, Sequence) and prompt and all(isinstance(m, dict) and "role" in m and "content" in m
+                                                                 for m in prompt)):
+            raise ValueError(f"pair {pid!r} field 'policy_prompts': need a list of {{'role', 'content'}} messages")
+        row = dict(pairs[i])
+        row["prompt"] = [dict(m) for m in prompt]
+        _, [(c, r)] = _encode(tokenizer, [row], n_ctx)
         new = []
-        for side, seq, mask in zip(("chosen", "rejected"), pair_seqs, masks):
-            if mask is None:
-                new.append(seq)
-                continue
-            m = np.asarray(mask.detach().cpu() if isinstance(mask, Tensor) else mask).reshape(-1)
-            n_comp = len(seq.count)
-            if len(m) not in (seq.n_response, n_comp):
-                raise ValueError(
-                    f"pair {pid!r} field 'token_masks' ({side}): length {len(m)}, expected {seq.n_response} "
-                    f"response tokens (or {n_comp} completion tokens including the end-of-turn suffix)"
-                )
-            if not np.isin(m, (0, 1)).all():
-                raise ValueError(f"pair {pid!r} field 'token_masks' ({side}): values must be 0/1 or bool")
-            count = [bool(x) for x in m] + [True] * (n_comp - len(m))
-            new.append(_Seq(seq.ids, seq.n_prompt, seq.n_response, tuple(count)))
+        for side, old, seq in (("chosen", pair_seqs[0], c), ("rejected", pair_seqs[1], r)):
+            if seq.ids[seq.n_prompt:] != old.ids[old.n_prompt:]:
+                raise ValueError(f"pair {pid!r} field 'policy_prompts' ({side}): the response tokenises differently "
+                                 "under the policy prompt")
+            new.append(_Seq(seq.ids, seq.n_prompt, seq.n_response, old.count))
         out.append(tuple(new))
     return out
-
-
-def _check_hooks(bridge, hooks, what: str = "hooks") -> list[Hook]:
-    if not hooks:
-        return []
-    if bridge is None:
-        raise ValueError(f"field {what!r}: hooks need a TransformerBridge (load_model), not a plain Hugging Face model")
-    from transformer_lens.model_bridge.bridge import build_alias_to_canonical_map
-
-    names = set(bridge.hook_dict) | set(build_alias_to_canonical_map(bridge.hook_dict))
-    out = []
-    for k, item in enumerate(hooks):
-        if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str) and callable(item[1])):
-            raise ValueError(f"field {what!r}[{k}]: need a (hook_name, fn) pair, got {item!r}")
-        if item[0] not in names:
-            raise ValueError(
-                f"field {what!r}[{k}]: unknown hook name {item[0]!r} (names like 'blocks.12.hook_resid_post')"
-            )
-        out.append((item[0], item[1]))
-    return out
-
-
-# ----------------------------------------------------------------------------- log-probs
-
-
-def _head_logits(hf, hidden: Tensor) -> Tensor:
-    """The LM head on selected hidden states, with the final-logit transforms some models apply."""
-    logits = hf.get_output_embeddings()(hidden)
-    cfg = hf.config.get_text_config()
-    scale = getattr(cfg, "logit_scale", None)
-    if scale is not None:
-        logits = logits * scale
-    cap = getattr(cfg, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
-
-
-def _check_head(hf) -> None:
-    """Our backbone + head path must reproduce the model's own logits (a guard for unusual heads)."""
-    ids = torch.arange(1, 9, device=next(hf.parameters()).device)[None]
-    with torch.no_grad():
-        full = hf(input_ids=ids, use_cache=False).logits[0].float()
-        ours = _head_logits(hf, _backbone(hf)(input_ids=ids, use_cache=False).last_hidden_state[0]).float()
-    if not torch.allclose(full, ours, atol=1e-3, rtol=1e-3):
-        raise NotImplementedError(
-            f"{type(hf).__name__}: the LM head applies a transform anatomy.train does not reproduce "
-            f"(max logit difference {(full - ours).abs().max():.3g})"
-        )
-
-
-def _backbone(hf):
-    return getattr(hf, hf.base_model_prefix)
-
-
-def _seq_logps(hf, seqs: Sequence[_Seq], *, pad_id: int, autocast_bf16: bool) -> Float[Tensor, "seq"]:
-    """Summed log-probs of each sequence's counted completion tokens; one right-padded forward.
-
-    Only the counted positions go through the LM head (no ``[batch, seq, vocab]`` logits).
-    """
-    device = next(hf.parameters()).device
-    width = max(len(s.ids) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(seqs), width), dtype=torch.long)
-    rows, pos, tgt = [], [], []
-    for r, s in enumerate(seqs):
-        ids[r, : len(s.ids)] = torch.tensor(s.ids)
-        attn[r, : len(s.ids)] = 1
-        for j, c in enumerate(s.count):
-            if c:
-                t = s.n_prompt + j
-                rows.append(r)
-                pos.append(t - 1)  # the logits at t-1 predict token t
-                tgt.append(s.ids[t])
-    rows_t = torch.tensor(rows, dtype=torch.long, device=device)
-    acc = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
-    out = torch.zeros(len(seqs), dtype=acc, device=device)
-    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if autocast_bf16 else nullcontext()
-    with ctx:
-        hidden = _backbone(hf)(input_ids=ids.to(device), attention_mask=attn.to(device), use_cache=False)
-        hidden = hidden.last_hidden_state
-        if not rows:
-            return out + 0.0 * hidden.sum()  # nothing counted: zeros, still attached to the graph
-        logits = _head_logits(hf, hidden[rows_t, torch.tensor(pos, device=device)])
-    logits = logits.float()
-    target = torch.tensor(tgt, dtype=torch.long, device=device)
-    lp = logits.gather(1, target[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
-    return out.index_add(0, rows_t, lp.to(acc))  # float64 sums: float32 loses ~1e-4 on sums of ~1000
-
-
-def _pair_batch_logps(hf, batch: Sequence[tuple[_Seq, _Seq]], *, pad_id, autocast_bf16) -> Float[Tensor, "b 2"]:
-    """Chosen and rejected of a batch of pairs in one forward: ``Tensor[b, 2]``."""
-    seqs = [p[0] for p in batch] + [p[1] for p in batch]
-    lp = _seq_logps(hf, seqs, pad_id=pad_id, autocast_bf16=autocast_bf16)
-    return torch.stack([lp[: len(batch)], lp[len(batch):]], dim=1)
-
-
-@contextmanager
-def _hooked(bridge, hooks: list[Hook]):
-    """The bridge's hooks context (removes its hooks on exit, exceptions included)."""
-    if not hooks:
-        yield
-        return
-    with bridge.hooks(fwd_hooks=hooks):
-        yield
-
-
-@contextmanager
-def _eval_mode(hf):
-    was_training = hf.training
-    hf.eval()
-    try:
-        yield
-    finally:
-        hf.train(was_training)
 
 
 def _set_checkpointing(hf, on: bool) -> None:
@@ -462,113 +277,6 @@ def _training_mode(hf, checkpointing: bool):
         hf.train(was_training)
 
 
-def _all_logps(hf, bridge, seqs, *, batch_size, pad_id, hooks, autocast_bf16, progress, desc) -> Tensor:
-    """``Tensor[n_pairs, 2]`` without gradients, in length-sorted batches (padding does not change results)."""
-    order = sorted(range(len(seqs)), key=lambda i: max(len(s.ids) for s in seqs[i]))
-    out = torch.zeros(len(seqs), 2, dtype=torch.float64)
-    with torch.no_grad(), _eval_mode(hf):
-        for lo in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress):
-            idx = order[lo : lo + batch_size]
-            with _hooked(bridge, hooks):
-                lp = _pair_batch_logps(hf, [seqs[i] for i in idx], pad_id=pad_id, autocast_bf16=autocast_bf16)
-            out[idx] = lp.double().cpu()
-    return out
-
-
-def _pad_id(tokenizer) -> int:
-    pid = tokenizer.pad_token_id
-    return int(pid if pid is not None else (tokenizer.eos_token_id or 0))
-
-
-def pair_logprobs(
-    model,
-    pairs: Sequence[dict],
-    *,
-    batch_size: int = 8,
-    token_masks: Sequence | None = None,
-    hooks: Sequence[Hook] | None = None,
-    tokenizer=None,
-    autocast_bf16: bool = False,
-    progress: bool = False,
-) -> Float[Tensor, "pair 2"]:
-    """Summed completion log-probs of chosen and rejected under ``model`` (no gradients).
-
-    Args:
-        model: a ``TransformerBridge`` or a Hugging Face causal LM (then pass ``tokenizer``).
-        pairs: rows with ``id``, ``prompt`` (messages), ``chosen``, ``rejected``.
-        batch_size: pairs per forward (chosen and rejected run together).
-        token_masks: per pair ``(chosen_mask, rejected_mask)`` of 0/1 over that side's
-            response tokens (or over response + end-of-turn suffix), or ``None``.
-        hooks: ``(hook_name, fn)`` forward hooks to apply (a bridge only), e.g. to
-            score the pairs under a steered model.
-
-    Returns:
-        ``Tensor[n_pairs, 2]`` (float64, CPU): column 0 chosen, column 1 rejected,
-        each ``Σ log π(token | prefix)`` over the counted completion tokens (token
-        log-probs in the model's precision, summed in float64).
-    """
-    return _score(model, pairs, batch_size=batch_size, token_masks=token_masks, hooks=hooks, tokenizer=tokenizer,
-                  autocast_bf16=autocast_bf16, progress=progress)[2]
-
-
-def _score(model, pairs, *, batch_size, token_masks, hooks, tokenizer, autocast_bf16, progress):
-    """(ids, sequences with masks applied, ``Tensor[n_pairs, 2]`` log-probs)."""
-    bridge, hf, tok = _unwrap(model, tokenizer)
-    hooks = _check_hooks(bridge, hooks)
-    ids, seqs = _encode(tok, pairs, _n_ctx(bridge, hf))
-    seqs = _apply_token_masks(seqs, token_masks, ids)
-    _check_head(hf)
-    lp = _all_logps(hf, bridge, seqs, batch_size=batch_size, pad_id=_pad_id(tok), hooks=hooks,
-                    autocast_bf16=autocast_bf16, progress=progress, desc="pair_logprobs")
-    return ids, seqs, lp
-
-
-def preference_margins(
-    model,
-    pairs: Sequence[dict],
-    *,
-    ref_logps: Tensor | None = None,
-    batch_size: int = 8,
-    token_masks: Sequence | None = None,
-    hooks: Sequence[Hook] | None = None,
-    tokenizer=None,
-    progress: bool = False,
-) -> pd.DataFrame:
-    """Per-pair preference margins of ``model``: the intended-learning metric.
-
-    Returns a DataFrame with one row per pair: ``id``, ``logp_chosen``,
-    ``logp_rejected``, ``margin`` (= chosen − rejected), ``n_chosen`` /
-    ``n_rejected`` (counted tokens), ``mean_logp_chosen`` / ``mean_logp_rejected``
-    (per token) and ``mean_margin`` (their difference). With ``ref_logps``
-    (``Tensor[n_pairs, 2]`` of the reference model on the same pairs, e.g.
-    ``pair_logprobs`` of the model before training) also ``ref_margin`` and
-    ``delta`` (= margin − ref_margin = Δθ). Preference accuracy is
-    ``(df.margin > 0).mean()``, or ``(df.delta > 0).mean()`` against a reference.
-    """
-    ids, seqs, lp = _score(model, pairs, batch_size=batch_size, token_masks=token_masks, hooks=hooks,
-                           tokenizer=tokenizer, autocast_bf16=False, progress=progress)
-    n = torch.tensor([[sum(s.count) for s in pair] for pair in seqs], dtype=torch.float64)
-    df = pd.DataFrame({
-        "id": ids,
-        "logp_chosen": lp[:, 0].numpy(),
-        "logp_rejected": lp[:, 1].numpy(),
-        "margin": (lp[:, 0] - lp[:, 1]).numpy(),
-        "n_chosen": n[:, 0].long().numpy(),
-        "n_rejected": n[:, 1].long().numpy(),
-    })
-    mean = lp / n.clamp(min=1)
-    df["mean_logp_chosen"] = mean[:, 0].numpy()
-    df["mean_logp_rejected"] = mean[:, 1].numpy()
-    df["mean_margin"] = (mean[:, 0] - mean[:, 1]).numpy()
-    if ref_logps is not None:
-        ref = torch.as_tensor(ref_logps, dtype=torch.float64).cpu()
-        if ref.shape != lp.shape:
-            raise ValueError(f"field 'ref_logps': shape {tuple(ref.shape)}, expected {tuple(lp.shape)}")
-        df["ref_margin"] = (ref[:, 0] - ref[:, 1]).numpy()
-        df["delta"] = df["margin"] - df["ref_margin"]
-    return df
-
-
 # ----------------------------------------------------------------------------- loss
 
 
@@ -595,167 +303,6 @@ def dpo_loss(
     return losses, z
 
 
-# ----------------------------------------------------------------------------- LoRA
-
-
-def _plain_name(name: str) -> str:
-    return name.replace("._original_component", "")
-
-
-def _inject_lora(hf, lora: dict, seed: int) -> list[Tensor]:
-    """Inject LoRA adapters in place (peft); returns the adapter parameters."""
-    try:
-        import peft
-    except ImportError as err:
-        raise ImportError(PEFT_HINT) from err
-    kwargs = dict(lora)
-    targets = kwargs.pop("target_modules", None)
-    if targets is None:
-        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as defaults
-
-        targets = defaults.get(hf.config.model_type)
-        if targets is None:
-            raise ValueError(f"lora: no default target_modules for model type {hf.config.model_type!r}; pass some")
-    targets = [targets] if isinstance(targets, str) else list(targets)
-    # A TransformerBridge wraps each Linear (``q_proj._original_component``): name the Linear leaves exactly
-    names = [n for n, m in hf.named_modules()
-             if isinstance(m, torch.nn.Linear) and _plain_name(n).split(".")[-1] in targets]
-    if not names:
-        raise ValueError(f"lora: no Linear module named like {targets} in {type(hf).__name__}")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        peft.inject_adapter_in_model(peft.LoraConfig(target_modules=names, **kwargs), hf)
-    return [p for n, p in hf.named_parameters() if "lora_" in n]
-
-
-def _merge_lora(hf) -> None:
-    """Merge every LoRA adapter into its base Linear and put the base Linear back, in place."""
-    from peft.tuners.lora import LoraLayer
-
-    for name, module in list(hf.named_modules()):
-        if isinstance(module, LoraLayer):
-            with torch.no_grad():
-                module.merge()
-            parent_name, _, child = name.rpartition(".")
-            setattr(hf.get_submodule(parent_name) if parent_name else hf, child, module.get_base_layer())
-
-
-# ----------------------------------------------------------------------------- out_dir
-
-
-def _digest(*parts) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(json.dumps(p, sort_keys=True, default=str).encode() if not isinstance(p, bytes) else p)
-    return h.hexdigest()[:16]
-
-
-def _weights_fingerprint(hf) -> str:
-    """A cheap fingerprint of the weights (a strided sample of every tensor)."""
-    h = hashlib.sha256()
-    for name, p in hf.named_parameters():
-        flat = p.detach().reshape(-1)
-        h.update(name.encode())
-        h.update(flat[:: max(1, flat.numel() // 64)].float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def _prepare_out_dir(out: Path, cfg: TrainConfig) -> None:
-    path = out / CONFIG_FILE
-    if path.exists():
-        old = json.loads(path.read_text())
-        new = cfg.to_dict()
-        if old != new:
-            diff = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
-            raise ValueError(f"{out} holds a run with other settings {diff}; use another out_dir or delete it")
-        return
-    if out.exists() and any(out.iterdir()):
-        raise ValueError(f"{out} is not empty and has no {CONFIG_FILE}; refusing to write into it")
-    out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(cfg.to_dict(), indent=1))
-
-
-def _bridge_head_bias(bridge, hf) -> Tensor | None:
-    """The zero bias a TransformerBridge adds to a bias-free LM head (to expose ``b_U``).
-
-    It is not part of the Hugging Face architecture: ``train_dpo`` keeps it frozen
-    (so it stays zero) and the saved weights leave it out.
-    """
-    if bridge is None:
-        return None
-    head = hf.get_output_embeddings()
-    bias = getattr(getattr(head, "original_component", head), "bias", None)
-    return bias if bias is not None and not torch.count_nonzero(bias) else None
-
-
-def _plain_state_dict(hf, skip: Tensor | None = None, only: Sequence[Tensor] | None = None) -> dict[str, Tensor]:
-    """Parameters and persistent buffers under their Hugging Face names (bridge wrappers and
-    aliases removed; tied weights once, as ``save_pretrained`` does)."""
-    keep = None if only is None else {id(t) for t in only}
-    out = {}
-    for name, p in hf.named_parameters():  # deduplicated: the first name is the Hugging Face path
-        if p is skip or (keep is not None and id(p) not in keep):
-            continue
-        out[_plain_name(name)] = p.detach().contiguous().cpu()
-    if only is None:
-        for mod_name, mod in hf.named_modules():
-            for b_name, buf in mod.named_buffers(recurse=False):
-                if buf is not None and b_name not in mod._non_persistent_buffers_set:
-                    out.setdefault(_plain_name(f"{mod_name}.{b_name}" if mod_name else b_name), buf.detach().cpu())
-    return out
-
-
-def _load_plain_state_dict(hf, state: dict[str, Tensor], source: Path) -> None:
-    targets: dict[str, Tensor] = {}
-    for name, t in list(hf.named_parameters()) + list(hf.named_buffers()):
-        targets.setdefault(_plain_name(name), t)
-    unexpected = sorted(set(state) - set(targets))
-    if unexpected:
-        raise ValueError(f"{source}: weights {unexpected[:5]} do not exist in {type(hf).__name__}")
-    with torch.no_grad():
-        for name, value in state.items():
-            if targets[name].shape != value.shape:
-                raise ValueError(f"{source}: {name} has shape {tuple(value.shape)}, "
-                                 f"the model's has {tuple(targets[name].shape)}")
-            targets[name].copy_(value)
-
-
-def _save(dst: Path, hf, cfg: TrainConfig, history: list[dict], adapters: list[Tensor] | None,
-          skip: Tensor | None) -> None:
-    from safetensors.torch import save_file
-
-    dst.mkdir(parents=True, exist_ok=True)
-    if adapters:
-        save_file(_plain_state_dict(hf, only=adapters), str(dst / ADAPTER_FILE))
-    else:
-        save_file(_plain_state_dict(hf, skip=skip), str(dst / WEIGHTS_FILE))
-    (dst / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=1))
-    (dst / HISTORY_FILE).write_text(json.dumps(history, indent=1))
-
-
-def load_train_run(out_dir: str | Path, model=None) -> tuple[TrainConfig, pd.DataFrame]:
-    """Read a saved run (``out_dir`` or one of its ``checkpoint-*`` folders).
-
-    With ``model`` (a bridge or a Hugging Face model of the same architecture),
-    also load the saved full weights into it, in place. ``model.safetensors``
-    holds the weights under their Hugging Face names (tied weights once), so
-    ``hf_model.load_state_dict(safetensors.torch.load_file(path), strict=False)``
-    reads it too.
-    """
-    out = Path(out_dir)
-    cfg = TrainConfig.from_dict(json.loads((out / CONFIG_FILE).read_text()))
-    history = pd.DataFrame(json.loads((out / HISTORY_FILE).read_text()), columns=HISTORY_COLUMNS)
-    if model is not None:
-        from safetensors.torch import load_file
-
-        path = out / WEIGHTS_FILE
-        if not path.exists():
-            raise ValueError(f"{out} has no {WEIGHTS_FILE} (a LoRA checkpoint holds only {ADAPTER_FILE})")
-        hf = model.original_model if hasattr(model, "original_model") else model
-        _load_plain_state_dict(hf, load_file(str(path)), path)
-    return cfg, history
-
-
 # ----------------------------------------------------------------------------- training
 
 
@@ -772,6 +319,8 @@ def train_dpo(
     weights: Sequence[float] | np.ndarray | Tensor | None = None,
     token_masks: Sequence | None = None,
     policy_hooks: Sequence[Hook] | None = None,
+    policy_prompts: Sequence[list[dict] | None] | None = None,
+    shaping_ids: Sequence[str] | None = None,
     lora: dict | None = None,
     seed: int = 0,
     out_dir: str | Path | None = None,
@@ -813,6 +362,13 @@ def train_dpo(
             ``fn(acts, hook=None) -> acts``) applied in the policy forwards only,
             never in the reference pass; removed after every forward + backward
             (also on an error).
+        policy_prompts: per pair the prompt messages the *policy* sees instead of the
+            pair's own (``None`` for all or a pair: the original), e.g. with an
+            inoculation system prompt. The reference log-probs are computed on the
+            original prompts, so ``Δθ`` compares the policy under its prompt with the
+            reference under the pair's; only training sees them.
+        shaping_ids: the pair ids the offsets / weights / masks / prompts were made for
+            (``TrainInputs.train_kwargs()`` passes them): refused if the pairs differ.
         lora: ``None`` for a full fine-tune, else ``peft.LoraConfig`` arguments
             (e.g. ``{"r": 8, "lora_alpha": 16}``; needs peft installed). The
             adapters are merged into the weights at the end (also on an error), so
@@ -856,18 +412,36 @@ def train_dpo(
     if len(pairs) == 0:
         raise ValueError("no pairs to train on")
     ids, seqs = _encode(tok, pairs, _n_ctx(bridge, hf))
+    if shaping_ids is not None and [str(x) for x in shaping_ids] != ids:
+        diff = next((i for i, (a, b) in enumerate(zip(map(str, shaping_ids), ids)) if a != b),
+                    min(len(shaping_ids), len(ids)))
+        raise ValueError(f"field 'shaping_ids': the shaping was compiled for other pairs (first difference at "
+                         f"index {diff}: {list(shaping_ids)[diff] if diff < len(shaping_ids) else None!r} vs "
+                         f"{ids[diff] if diff < len(ids) else None!r}); compile the plan for these pairs")
     off = _per_pair(offsets, "offsets", ids)
     wts = _per_pair(weights, "weights", ids, nonneg=True)
+    if wts is not None and not wts.any():
+        raise ValueError(f"field 'weights': all {len(ids)} weights are 0, so no pair would train the model; "
+                         "keep at least one pair with a weight > 0")
     seqs = _apply_token_masks(seqs, token_masks, ids)
+    pol_seqs = _policy_seqs(tok, pairs, seqs, policy_prompts, ids, _n_ctx(bridge, hf))
     ref = None
     if ref_logps is not None:
         ref = torch.as_tensor(ref_logps, dtype=torch.float64).detach().cpu()
-        if ref.shape != (len(ids), 2) or not torch.isfinite(ref).all():
-            raise ValueError(f"field 'ref_logps': need finite Tensor[{len(ids)}, 2], got shape {tuple(ref.shape)}")
+        if ref.shape != (len(ids), 2):
+            raise ValueError(f"field 'ref_logps': need Tensor[{len(ids)}, 2] (pairs x chosen/rejected), "
+                             f"got shape {tuple(ref.shape)}")
+        bad = (~torch.isfinite(ref)).nonzero()
+        if len(bad):
+            i, j = bad[0].tolist()
+            what = "NaN" if torch.isnan(ref[i, j]) else "infinite"
+            raise ValueError(f"pair {ids[i]!r} field 'ref_logps' ({('chosen', 'rejected')[j]}): {what} "
+                             f"({len(bad)} non-finite value(s) in all); recompute the reference log-probs")
     pad_id = _pad_id(tok)
     _check_head(hf)
 
     tokens_digest = _digest([[s.ids, s.n_prompt, s.count] for pair in seqs for s in pair])
+    policy_digest = None if pol_seqs is seqs else _digest([[s.ids, s.n_prompt] for pair in pol_seqs for s in pair])
     cfg = replace(
         knobs,
         model_name=_model_name(bridge, hf), n_pairs=len(ids), ids_digest=_digest(ids),
@@ -876,6 +450,7 @@ def train_dpo(
             "offsets": None if off is None else _digest(off.tolist()),
             "weights": None if wts is None else _digest(wts.tolist()),
             "token_masks": None if token_masks is None else tokens_digest,
+            **({} if policy_digest is None else {"policy_prompts": policy_digest}),
         },
     )
     out = Path(out_dir) if out_dir is not None else None
@@ -906,7 +481,7 @@ def train_dpo(
             params = [p for p in hf.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the model has no trainable parameters (requires_grad is False everywhere)")
-        history = _train_loop(hf, bridge, seqs, ref, off_t, w_t, params, hooks, cfg, pad_id, device, out, adapters,
+        history = _train_loop(hf, bridge, pol_seqs, ref, off_t, w_t, params, hooks, cfg, pad_id, device, out, adapters,
                               head_bias, progress)
     finally:
         if adapters is not None:

@@ -48,18 +48,18 @@ def reference(chosen: pd.DataFrame, rejected: pd.DataFrame) -> pd.DataFrame:
         else:
             p_sign = p_wil = 1.0
         sd = np.std(d, ddof=1)
-        rows.append({"mean_gap": d.mean(), "n_pos": n_pos, "n_neg": n_neg,
-                     "n_zero": len(d) - n_pos - n_neg, "p_sign": p_sign, "p_wilcoxon": p_wil,
-                     "d_z": d.mean() / sd if sd > 0 else (np.copysign(np.inf, d.mean()) if d.mean() else 0.0),
+        rows.append({"effect": d.mean(), "n_pos": n_pos, "n_neg": n_neg,
+                     "n_zero": len(d) - n_pos - n_neg, "p_sign": p_sign, "p": p_wil,
+                     "d": d.mean() / sd if sd > 0 else (np.copysign(np.inf, d.mean()) if d.mean() else 0.0),
                      "p_superiority": np.mean(d > 0) + 0.5 * np.mean(d == 0)})
     ref = pd.DataFrame(rows)
     ref["q_sign"] = multipletests(ref["p_sign"], method="fdr_bh")[1]
-    ref["q_wilcoxon"] = multipletests(ref["p_wilcoxon"], method="fdr_bh")[1]
+    ref["q"] = multipletests(ref["p"], method="fdr_bh")[1]
     return ref
 
 
-NUMERIC = ["mean_gap", "n_pos", "n_neg", "n_zero", "p_sign", "p_wilcoxon", "d_z",
-           "p_superiority", "q_sign", "q_wilcoxon"]
+NUMERIC = ["effect", "n_pos", "n_neg", "n_zero", "p_sign", "p", "d",
+           "p_superiority", "q_sign", "q"]
 
 
 @pytest.mark.parametrize("sparse_share", [0.0, 0.25, 1.01])  # dense path, default, sparse path
@@ -75,12 +75,12 @@ def test_paired_stats_matches_scipy_and_statsmodels(seed, sparse_share, monkeypa
         np.testing.assert_allclose(got[col].to_numpy(float), ref[col].to_numpy(float),
                                    rtol=0, atol=1e-8, err_msg=col)
     row = got.set_index("concept")
-    assert row.loc["all_zero", ["p_sign", "p_wilcoxon", "d_z"]].tolist() == [1.0, 1.0, 0.0]
+    assert row.loc["all_zero", ["p_sign", "p", "d"]].tolist() == [1.0, 1.0, 0.0]
     assert row.loc["all_zero", "direction"] == "none"
-    assert row.loc["constant_gap", "d_z"] == np.inf
+    assert row.loc["constant_gap", "d"] == np.inf
     assert row.loc["constant_gap", "ci_low"] == row.loc["constant_gap", "ci_high"] == 1.0
-    assert (got["ci_low"] <= got["mean_gap"] + 1e-12).all()
-    assert (got["mean_gap"] <= got["ci_high"] + 1e-12).all()
+    assert (got["ci_low"] <= got["effect"] + 1e-12).all()
+    assert (got["effect"] <= got["ci_high"] + 1e-12).all()
     assert set(got["direction"]) <= {"chosen", "rejected", "none"}
 
 
@@ -149,11 +149,11 @@ def test_planted_effect_found_and_null_not():
         chosen[f"null{j}"] = rng.poisson(0.8, n)
         rejected[f"null{j}"] = rng.poisson(0.8, n)
     got = paired_stats(chosen.astype(float), rejected.astype(float), n_boot=500).set_index("concept")
-    assert got.loc["bold", "direction"] == "chosen" and got.loc["bold", "q_wilcoxon"] < 0.05
+    assert got.loc["bold", "direction"] == "chosen" and got.loc["bold", "q"] < 0.05
     assert got.loc["bold", "q_sign"] < 0.05 and got.loc["bold", "ci_low"] > 0
-    assert got.loc["hedging", "direction"] == "rejected" and got.loc["hedging", "q_wilcoxon"] < 0.05
+    assert got.loc["hedging", "direction"] == "rejected" and got.loc["hedging", "q"] < 0.05
     nulls = got.loc[[f"null{j}" for j in range(8)]]
-    assert (nulls["q_wilcoxon"] > 0.05).all() and (nulls["q_sign"] > 0.05).all()
+    assert (nulls["q"] > 0.05).all() and (nulls["q_sign"] > 0.05).all()
 
 
 def test_bootstrap_ci_covers_the_true_mean():
@@ -218,16 +218,16 @@ def test_preference_regression_beyond_length():
     assert list(got.columns) == contrast.REGRESSION_COLUMNS
     assert list(got["concept"]) == ["bold", "emoji"]  # length is the covariate
     row = got.set_index("concept")
-    assert row.loc["bold", "replicated"] and row.loc["bold", "coef_heldout"] > 0
-    assert row.loc["bold", "p_heldout"] < 0.05 and row.loc["bold", "q_heldout"] < 0.05
-    assert row.loc["bold", "ci_low_heldout"] > 0
-    assert not row.loc["emoji", "replicated"] and row.loc["emoji", "p_heldout"] > 0.05
+    assert row.loc["bold", "replicated"] and row.loc["bold", "effect"] > 0
+    assert row.loc["bold", "p"] < 0.05 and row.loc["bold", "q"] < 0.05
+    assert row.loc["bold", "ci_low"] > 0
+    assert not row.loc["emoji", "replicated"] and row.loc["emoji", "p"] > 0.05
     assert (got["note"] == "").all()
     assert row.loc["bold", "n_discovery"] + row.loc["bold", "n_heldout"] == len(chosen)
     # without the length control, emoji looks preferred: the confound the covariate removes
     raw = preference_regression(chosen.drop(columns="length"), rejected.drop(columns="length"),
                                 covariates=(), progress=False).set_index("concept")
-    assert raw.loc["emoji", "p_heldout"] < 0.05 and raw.loc["emoji", "coef_heldout"] > 0
+    assert raw.loc["emoji", "p"] < 0.05 and raw.loc["emoji", "effect"] > 0
     # the joint model agrees on the planted effect; same seed, same output
     joint = preference_regression(chosen, rejected, joint=True, progress=False).set_index("concept")
     assert joint.loc["bold", "replicated"] and not joint.loc["emoji", "replicated"]
@@ -245,9 +245,9 @@ def test_preference_regression_separation_and_degenerate_columns():
         warnings.simplefilter("error")  # separation is handled, not leaked as warnings
         got = preference_regression(chosen, rejected, progress=False).set_index("concept")
     assert "separation" in got.loc["perfect", "note"]
-    assert np.isfinite(got.loc["perfect", ["coef_heldout", "p_heldout"]].astype(float)).all()
-    assert got.loc["perfect", "coef_heldout"] > 0
-    assert "not fitted" in got.loc["silent", "note"] and np.isnan(got.loc["silent", "p_heldout"])
+    assert np.isfinite(got.loc["perfect", ["effect", "p"]].astype(float)).all()
+    assert got.loc["perfect", "effect"] > 0
+    assert "not fitted" in got.loc["silent", "note"] and np.isnan(got.loc["silent", "p"])
     assert not got.loc["silent", "replicated"]
     with pytest.raises(ValueError, match="covariate column"):
         preference_regression(chosen.drop(columns="length"), rejected.drop(columns="length"))
@@ -262,9 +262,9 @@ def test_a_gap_the_same_in_every_pair_is_infinitely_consistent_and_drawn_signifi
     rejected = pd.DataFrame({"always_plus_one": np.arange(n) + 0.0, "always_minus_tenth": np.full(n, 0.1),
                              "noise": np.zeros(n)})
     table = paired_stats(chosen, rejected, n_boot=100).set_index("concept")
-    assert table.loc["always_plus_one", "d_z"] == np.inf
-    assert table.loc["always_minus_tenth", "d_z"] == -np.inf  # 0.1 is not exact in binary: sd rounds to ~1e-17
-    assert table.loc["always_plus_one", "q_wilcoxon"] < 0.05
+    assert table.loc["always_plus_one", "d"] == np.inf
+    assert table.loc["always_minus_tenth", "d"] == -np.inf  # 0.1 is not exact in binary: sd rounds to ~1e-17
+    assert table.loc["always_plus_one", "q"] < 0.05
     fig = plot_volcano(table.reset_index())
     by_group = {t.name: t for t in fig.data}
     plus = list(by_group["chosen"].text).index("always_plus_one")
@@ -284,10 +284,10 @@ def test_figures():
     assert sum(len(t.x) for t in fig.data) == len(table)
     bars = plot_hypotheses(table, top=5)
     assert isinstance(bars, go.Figure) and len(bars.data[0].y) == 5
-    assert list(bars.data[0].x) == sorted(bars.data[0].x)  # ordered by mean gap
+    assert list(bars.data[0].x) == sorted(bars.data[0].x)  # ordered by effect
     assert bars.data[0].error_x.array is not None
     assert isinstance(plot_hypotheses(paired_stats(chosen, rejected, n_boot=0)), go.Figure)
     reg = preference_regression(*bt_pairs(n=400), progress=False)
-    assert isinstance(plot_volcano(reg, effect="coef_heldout", p="q_heldout"), go.Figure)
+    assert isinstance(plot_volcano(reg, effect="effect", p="q"), go.Figure)
     with pytest.raises(ValueError, match="not in the stats table"):
         plot_volcano(table, p="missing")

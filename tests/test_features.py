@@ -225,7 +225,7 @@ def test_gate_weak_firing_keeps_only_clear_firings():
     for bad in (-0.1, 1.0):
         with pytest.raises(ValueError, match="rho must be in"):
             gate_weak_firing(feats, bad)
-    with pytest.raises(KeyError, match="reference spans"):
+    with pytest.raises(ValueError, match="reference spans"):
         gate_weak_firing(feats, 0.5, reference=("response",))
 
 

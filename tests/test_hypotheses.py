@@ -15,6 +15,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from anatomy import hypotheses as hy
 from anatomy.features import PairFeatures
+from anatomy.viz import show_examples
 
 
 def make_features(freq: dict[str, np.ndarray], ids=None) -> PairFeatures:
@@ -130,17 +131,17 @@ def test_global_hypotheses_finds_a_planted_in_cluster_effect_and_matches_scipy()
     for (group, concept), row in top.iterrows():
         inside, outside = U[labels == group, concept], U[active & (labels != group), concept]
         ref = stats.ttest_ind(inside, outside, equal_var=False)
-        assert row["delta"] == pytest.approx(inside.mean() - outside.mean(), abs=1e-12)
+        assert row["effect"] == pytest.approx(inside.mean() - outside.mean(), abs=1e-12)
         assert row["statistic"] == pytest.approx(ref.statistic, rel=1e-9)
         assert row["p"] == pytest.approx(ref.pvalue, rel=1e-6, abs=1e-300)
         assert row["df"] == pytest.approx(ref.df, rel=1e-9)
         n1, n2 = len(inside), len(outside)
         pooled = np.sqrt(((n1 - 1) * inside.var(ddof=1) + (n2 - 1) * outside.var(ddof=1))
                          / (n1 + n2 - 2))
-        assert row["d"] == pytest.approx(row["delta"] / pooled, rel=1e-9)
+        assert row["d"] == pytest.approx(row["effect"] / pooled, rel=1e-9)
         ci = ref.confidence_interval(0.95)
         assert (row["ci_low"], row["ci_high"]) == pytest.approx((ci.low, ci.high), rel=1e-9)
-        assert row["n_in"] == n1 and row["n_out"] == n2
+        assert row["n"] == n1 and row["n_out"] == n2
         assert abs(row["delta_min"]) <= min(abs(row["delta_a"]), abs(row["delta_b"])) + 1e-15
     # the split halves: seeded, and grouped when asked
     half = hy.split_halves(600, seed=0)
@@ -170,7 +171,7 @@ def test_a_dataset_wide_effect_surfaces_in_rank_hypotheses_but_not_in_vs_out():
     u[8] = u[8] + 0.4 * bold
     conditional = hy.global_hypotheses(u, labels)
     bold_rows = conditional[conditional["concept"] == 8]
-    assert (bold_rows["delta"].abs() < 0.1).all()  # in-vs-out cancels a uniform effect
+    assert (bold_rows["effect"].abs() < 0.1).all()  # in-vs-out cancels a uniform effect
     ranked = hy.rank_hypotheses(u, labels, conditional=conditional, n_boot=200)
     assert ranked["concept"].is_unique
     assert list(ranked["rank"]) == list(range(1, len(ranked) + 1))
@@ -178,7 +179,7 @@ def test_a_dataset_wide_effect_surfaces_in_rank_hypotheses_but_not_in_vs_out():
     assert set(top3.index) == {8, 3, 5}
     assert top3.loc[8, "group"] == -1 and top3.loc[8, "direction"] == "chosen"
     assert top3.loc[8, "test"].startswith("wilcoxon")
-    assert top3.loc[8, "delta"] == pytest.approx(u[8].mean())
+    assert top3.loc[8, "effect"] == pytest.approx(u[8].mean())
     assert top3.loc[8, "ci_low"] < u[8].mean() < top3.loc[8, "ci_high"]
     assert (top3["q"] < 1e-6).all()
     assert (ranked["duplicate_of"] == -1).all()
@@ -194,7 +195,7 @@ def test_a_dataset_wide_effect_surfaces_in_rank_hypotheses_but_not_in_vs_out():
     adjusted = hy.rank_hypotheses(u, labels, conditional=conditional, covariates=bold.astype(float),
                                   n_boot=0, one_per_concept=False)
     row = adjusted[(adjusted["group"] == -1) & (adjusted["concept"] == 8)].iloc[0]
-    assert abs(row["delta"]) < 0.05 and row["test"].startswith("ols intercept (HC3)")
+    assert abs(row["effect"]) < 0.05 and row["test"].startswith("ols intercept (HC3)")
 
 
 def test_rank_keys_order_a_consistent_small_shift_against_a_noisy_large_one():
@@ -247,7 +248,7 @@ def test_mean_disparity_lets_a_rejected_side_concept_show_under_a_common_shift()
     two = hy.rank_hypotheses(u, labels, covariates=X, n_boot=0, redundancy=None).set_index("concept")
     for m in (4, 7):
         fit = sm.OLS(U[:, m], sm.add_constant(X)).fit(cov_type="HC3", use_t=True)
-        assert two.loc[m, "delta"] == pytest.approx(fit.params[0], rel=1e-9, abs=1e-12)
+        assert two.loc[m, "effect"] == pytest.approx(fit.params[0], rel=1e-9, abs=1e-12)
         assert two.loc[m, "p"] == pytest.approx(fit.pvalues[0], rel=1e-6, abs=1e-300)
     others = adjusted.drop(index=4)
     assert (others["q"] > 0.05).mean() >= 0.8  # the shared shift is no longer a finding
@@ -300,9 +301,9 @@ def test_prompt_conditioned_view_finds_links_that_the_global_view_dilutes():
     assert adjusted_rand_score(topic[labels >= 0], labels[labels >= 0]) > 0.9
     global_rows = hy.global_hypotheses(u, labels, groups=prompt_id)
     links_global = global_rows[global_rows["concept"] == 16]
-    assert links_global["delta"].abs().max() < 0.2
+    assert links_global["effect"].abs().max() < 0.2
     ranked = hy.rank_hypotheses(u, labels, conditional=global_rows, groups=prompt_id, n_boot=200)
-    assert ranked.set_index("concept").loc[16, "delta"] < 0.1  # dataset-wide: +7.5%, weak
+    assert ranked.set_index("concept").loc[16, "effect"] < 0.1  # dataset-wide: +7.5%, weak
     # prompt view: the resource family is one prompt cluster, and links its top hypothesis
     plabels = hy.prompt_clusters(features, clusters, k=8, seed=0)
     assert (plabels >= 0).mean() > 0.9
@@ -311,12 +312,12 @@ def test_prompt_conditioned_view_finds_links_that_the_global_view_dilutes():
     top = prompt_rows.iloc[0]
     assert top["concept"] == 16 and top["direction"] == "chosen"
     assert set(family[plabels == top["group"]]) == {7}
-    assert top["delta"] > 0.4 and top["delta"] > 3 * links_global["delta"].abs().max()
+    assert top["effect"] > 0.4 and top["effect"] > 3 * links_global["effect"].abs().max()
     assert top["replicated"] and top["q"] < 1e-10 and top["view"] == "prompt"
     # the other prompt clusters "lack" links only because the resource family is in their
     # out-group: Δ < 0 with no links inside; such mirror rows are ranked after the others
     mirror = prompt_rows[(prompt_rows["concept"] == 16) & (prompt_rows["group"] != top["group"])]
-    assert (mirror["delta"] < 0).all() and (mirror["mean_in"] == 0).all()
+    assert (mirror["effect"] < 0).all() and (mirror["mean_in"] == 0).all()
     assert not mirror["consistent"].any() and mirror.index.min() >= prompt_rows["consistent"].sum()
 
     # the tidy table of both views, with labels and representative pairs
@@ -363,7 +364,7 @@ PAIRS = [
 
 
 def test_show_examples_marks_spans_and_escapes_html():
-    out = hy.show_examples(PAIRS, ["a", "b"], highlight=r"https?://\S+")
+    out = show_examples(PAIRS, ["a", "b"], highlight=r"https?://\S+")
     page = out.data
     assert '<mark class="anatomy-concept">https://docs.python.org/3/</mark>' in page
     assert '<mark class="anatomy-concept">https://example.com?q=1&amp;r=2</mark>' in page
@@ -372,16 +373,16 @@ def test_show_examples_marks_spans_and_escapes_html():
     assert page.count('class="anatomy-pair"') == 2
     assert page.index("docs.python.org") < page.index("No idea")  # chosen cell first
     # a callable (overlapping spans are merged) and no highlight
-    page = hy.show_examples(PAIRS, ["b"], highlight=lambda t: [(0, 1), (0, 2)]).data
+    page = show_examples(PAIRS, ["b"], highlight=lambda t: [(0, 1), (0, 2)]).data
     assert '<mark class="anatomy-concept">Hi</mark>!' in page
-    assert "<mark" not in hy.show_examples(PAIRS, ["a"]).data
+    assert "<mark" not in show_examples(PAIRS, ["a"]).data
     # per-token scores (token_feature_scores' shape of output)
     scores = {"b": {"chosen": (["H", "i", "<!>"], [0.0, 2.0, 1.0]), "rejected": (["hi"], [0.0])}}
-    page = hy.show_examples(PAIRS, ["b"], highlight=scores).data
+    page = show_examples(PAIRS, ["b"], highlight=scores).data
     marks = re.findall(r'<mark class="anatomy-concept"[^>]*>(.*?)</mark>', page)
     assert marks == ["i", "&lt;!&gt;"]
     with pytest.raises(ValueError, match="zzz"):
-        hy.show_examples(PAIRS, ["zzz"])
+        show_examples(PAIRS, ["zzz"])
 
 
 def test_token_feature_scores_on_the_default_model(model):
@@ -398,5 +399,5 @@ def test_token_feature_scores_on_the_default_model(model):
     assert "".join(tokens) == "See https://a.org now."
     assert len(scores) == len(tokens) and np.isfinite(scores).all() and (scores >= 0).all()
     assert "".join(out["x"]["rejected"][0]) == "No."
-    html_out = hy.show_examples(pairs, ["x"], highlight=out).data
+    html_out = show_examples(pairs, ["x"], highlight=out).data
     assert "anatomy-chosen" in html_out

@@ -43,15 +43,14 @@ def test_shipped_sae_loads_with_hook_and_small_file(sae):
 @pytest.fixture(scope="module")
 def heldout_tokens(model, sae):
     """Response tokens of 20 organism heldout pairs (chosen + rejected: 40 responses)."""
-    from anatomy.data import load_preferences
+    from anatomy.data import load_preferences, sample_pairs
     from anatomy.saes import collect_activations
 
     try:
         ds = load_preferences("organism", split="heldout")
     except Exception as err:  # the embedded dataset is not built yet
         pytest.skip(f"organism heldout split not available: {err}")
-    rng = np.random.default_rng(0)
-    pairs = [ds[int(i)] for i in sorted(rng.permutation(len(ds))[:20])]
+    pairs = sample_pairs(ds, 20, seed=0)
     hook = sae.cfg.metadata.hook_name
     tacts = collect_activations(model, pairs, hook, progress=False)
     return tacts.acts[hook][torch.as_tensor(tacts.span > 0)]

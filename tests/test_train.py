@@ -209,12 +209,25 @@ def test_offsets_shift_the_logit_and_weights_scale_the_loss(tokenizer, pairs):
     torch.testing.assert_close(losses, -w * F.logsigmoid(BETA * delta + o))
 
 
-def test_zero_weights_leave_the_model_unchanged(tokenizer, pairs):
+def test_all_zero_weights_are_refused_before_any_work(tokenizer, pairs):
     tiny = make_tiny(tokenizer)
     before = {k: v.clone() for k, v in tiny.original_model.state_dict().items()}
-    T.train_dpo(tiny, pairs[:4], lr=1e-2, batch_size=4, epochs=2, weights=[0, 0, 0, 0], progress=False)
+    with pytest.raises(ValueError, match="field 'weights': all 4 weights are 0"):
+        T.train_dpo(tiny, pairs[:4], lr=1e-2, batch_size=4, epochs=2, weights=[0, 0, 0, 0], progress=False)
     after = tiny.original_model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+    # one pair left with a weight: training runs and moves the weights
+    T.train_dpo(tiny, pairs[:4], lr=1e-2, batch_size=4, epochs=1, weights=[0, 0, 0, 1], progress=False)
+    assert any(not torch.equal(before[k], tiny.original_model.state_dict()[k]) for k in before)
+
+
+def test_nan_reference_log_probs_are_named_as_nan(tokenizer, pairs):
+    ref = torch.zeros(4, 2, dtype=torch.float64)
+    ref[2, 1] = float("nan")
+    with pytest.raises(ValueError, match=rf"pair '{pairs[2]['id']}' field 'ref_logps' \(rejected\): NaN"):
+        T.train_dpo(make_tiny(tokenizer), pairs[:4], ref_logps=ref, progress=False)
+    with pytest.raises(ValueError, match=r"field 'ref_logps': need Tensor\[4, 2\].*shape \(3, 2\)"):
+        T.train_dpo(make_tiny(tokenizer), pairs[:4], ref_logps=torch.zeros(3, 2), progress=False)
 
 
 def test_token_masks(tokenizer):
