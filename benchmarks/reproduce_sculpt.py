@@ -394,8 +394,11 @@ def main(argv=None) -> dict:
              if i not in used][: n_dir - len(pairs)]
     directions = label_directions(lens, pairs + extra, hook)
     log("directions")
+    tunable = [m for m in args.methods if m in GRIDS or m in STEERED]
     if cal_path.exists() and json.loads(cal_path.read_text()).get("key") == cal_key:
         cal = json.loads(cal_path.read_text())
+    elif not tunable:  # these methods have no strength to calibrate
+        cal = {"chosen": {}}
     else:
         t0 = time.time()
         dev_dirs = label_directions(lens, dev_pairs, hook)
@@ -460,7 +463,8 @@ def main(argv=None) -> dict:
     out = {
         **agg,
         "targets": list(TARGETS), "untargeted": list(UNTARGETED),
-        "strengths": strengths, "calibration": {k: v for k, v in cal.items() if k != "key"},
+        "strengths": {m: r["strength"] for m, r in runs.items()},
+        "calibration": {k: v for k, v in cal.items() if k != "key"},
         "before": {k: before[k] for k in ("distinct2", "perplexity", "clean_margin_mean")},
         "rollouts": {m: r["rollouts"][:8] for m, r in {"before": before, **runs}.items()},
         "settings": {k: v for k, v in vars(args).items()},
