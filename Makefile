@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo test bench organism reproduce-diagnose reproduce-predict reproduce-sculpt clean
+.PHONY: install browser demo test bench organism reproduce-diagnose reproduce-predict reproduce-sculpt clean
 
 install: $(STAMP)
 
@@ -24,7 +24,17 @@ $(STAMP): pyproject.toml
 demo: install
 	$(PY) -m anatomy demo --threads 2
 
-test: install
+# The browser test drives Debian's Chromium through Playwright (pip's playwright never downloads
+# a browser here). As root with apt, install it once; elsewhere tests/test_browser.py skips, saying why.
+browser:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing Debian's chromium for the browser test"; \
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver) \
+	    >/dev/null || echo "chromium did not install: the browser test will skip"; \
+	else echo "no apt as root: the browser test will skip unless /usr/bin/chromium exists"; fi
+
+test: install browser
 	$(PY) -m pytest -q
 
 bench: install

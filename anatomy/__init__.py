@@ -11,8 +11,8 @@ clusters, offline labels),
 ``report`` (the audit as one offline HTML file), ``interventions`` (a Plan of
 per-concept decisions compiled into the shaping of DPO), ``train`` (shaped DPO; its log-prob
 engine in ``logprobs``, run directories and LoRA in ``checkpoints``), ``evals``
-(rollouts and their scores), ``predict`` (predicted vs observed shift), ``viz`` (offline
-figures, highlighted examples, inline browsers).
+(rollouts and their scores), ``predict`` (predicted vs observed shift), ``review`` (the inline app in which a person
+turns ranked hypotheses into a Plan), ``viz`` (offline figures, highlighted examples, inline browsers).
 
 Names are imported lazily (PEP 562), so ``import anatomy`` is fast and a stage's
 heavy dependencies (torch, transformers, sae_lens) load on first use.
@@ -38,6 +38,7 @@ _EXPORTS = {
     "diagnose": ["DiagnoseConfig", "DiagnoseError", "Diagnosis", "diagnose"],
     "organism": ["score_diagnosis"],
     "predict": ["compare", "observed_shift", "predict_shift", "predict_shift_from_features", "recovery"],
+    "review": ["ReviewApp", "review"],
     "interventions": ["ConceptRef", "Decision", "METHODS", "Plan", "TrainInputs", "compile_plan", "concept_scores",
                       "concept_spans", "concept_vector"],
     "train": ["TrainConfig", "TrainResult", "dpo_loss", "train_dpo"],

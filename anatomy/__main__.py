@@ -12,6 +12,11 @@ its planted answer) and ``anatomy prepare`` (cache the default model).
 
 Bad input (an unreadable file, too few pairs, an SAE that does not fit the model) ends with a
 one-line error and exit status 2, not a traceback (``ANATOMY_TRACEBACK=1`` shows it).
+
+  anatomy features SOURCE --out DIR [--shard i/n]     (or under torchrun / accelerate launch)
+      SAE feature summaries, one contiguous shard per process or per job; rank 0 merges.
+  anatomy merge DIR
+      merges a directory's feature shards, refusing overlapping, missing or foreign shards.
 """
 
 from __future__ import annotations
@@ -175,6 +180,42 @@ def run_demo(args) -> None:
     print(f"demo: {time.perf_counter() - t:.0f} s")
 
 
+def run_features(args) -> None:
+    """SAE feature summaries of SOURCE into --out: this process's shard (a launch's rank, or --shard i/n)."""
+    import torch
+
+    from .data import load_preferences
+    from .distributed import extract_features, launch_rank, parse_shard
+    from .models import load_model
+    from .saes import load_sae
+
+    shard = parse_shard(args.shard) if args.shard else None
+    rank, world, local = launch_rank()
+    device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    pairs = load_preferences(args.source, split=args.split, limit=args.limit)
+    model = load_model(args.model, device=device)
+    sae = load_sae(args.sae, device=device)
+    t = time.perf_counter()
+    merged = extract_features(pairs, args.out, model=model, sae=sae, hook=args.hook, shard=shard,
+                              shard_size=args.shard_size, batch_tokens=args.batch_tokens, progress=rank == 0)
+    where = f"shard {shard[0]}/{shard[1]}" if shard else f"rank {rank}/{world}"
+    print(f"{where}: {len(pairs)} pairs, features in {args.out} ({time.perf_counter() - t:.1f} s)")
+    if merged is not None:
+        print(f"merged {len(merged)} pairs x {merged.d_sae} features into {args.out}/merged")
+
+
+def run_merge(args) -> None:
+    """Merge the feature shards of DIR (refusing overlapping, missing or foreign shards)."""
+    from .cache import CacheError
+    from .distributed import merge_features
+
+    try:
+        merged = merge_features(args.dir)
+    except CacheError as err:
+        raise SystemExit(f"anatomy merge: {err}") from err
+    print(f"merged {len(merged)} pairs x {merged.d_sae} features into {args.dir}/merged")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="anatomy", description="Audit preference data through the model.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -211,6 +252,20 @@ def main(argv: list[str] | None = None) -> None:
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--cache-dir", default=None)
     m.add_argument("--out", default=str(DEMO_OUT))
+    f = sub.add_parser("features", help="SAE feature summaries of a preference dataset, sharded across processes "
+                                        "(torchrun / accelerate launch) or one shard per job (--shard i/n)")
+    f.add_argument("source", help="'organism', a .jsonl/.parquet file or folder, or a hub dataset id")
+    f.add_argument("--out", required=True, help="the shard directory")
+    f.add_argument("--split", default=None)
+    f.add_argument("--limit", type=int, default=None, help="the first N valid pairs only")
+    f.add_argument("--shard", default=None, help="i/n: compute the i-th of n contiguous shards only (then merge)")
+    f.add_argument("--model", default=None, help="model name or directory (default: the embedded SmolLM2-135M)")
+    f.add_argument("--sae", default=None, help="shipped SAE name or SAE directory (default: the shipped SAE)")
+    f.add_argument("--hook", default=None, help="hook to read (default: the SAE's)")
+    f.add_argument("--shard-size", type=int, default=256, help="pairs per shard file")
+    f.add_argument("--batch-tokens", type=int, default=4096)
+    mg = sub.add_parser("merge", help="merge the feature shards of a directory into DIR/merged")
+    mg.add_argument("dir")
     for p in (d, t, m):
         p.add_argument("--threads", type=int, default=None, help="torch threads")
         p.add_argument("--no-progress", action="store_true")
@@ -225,7 +280,8 @@ def main(argv: list[str] | None = None) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    run = {"diagnose": run_diagnose, "train-sae": run_train_sae, "demo": run_demo}[args.command]
+    run = {"diagnose": run_diagnose, "train-sae": run_train_sae, "demo": run_demo, "features": run_features,
+           "merge": run_merge}[args.command]
     try:
         run(args)
     except _user_errors() as err:

@@ -410,6 +410,10 @@ class Diagnosis:
         return pairs
 
     def _model_sae(self, model=None, sae=None):
+        """The model and SAE to highlight with: given, held in memory, or loaded by the names the
+        diagnosis recorded, and then checked against its weights fingerprints."""
+        from .fingerprint import weights_fingerprint
+
         model = model if model is not None else self.model
         sae = sae if sae is not None else self.sae
         if model is None:
@@ -418,6 +422,11 @@ class Diagnosis:
             model = load_model(self.settings.get("model_arg"))
         if sae is None:
             sae = _resolve_sae(self.settings.get("sae_arg"))
+        for name, obj in (("model", model), ("sae", sae)):
+            want = self.settings.get(f"{name}_fingerprint")
+            if want and weights_fingerprint(obj) != want:
+                raise DiagnoseError(f"the {name} at hand is not the one this diagnosis was made with (weights "
+                                    f"fingerprint {weights_fingerprint(obj)} != {want}): pass {name}=")
         return model, sae
 
     # ------------------------------------------------------------------ saving

@@ -419,7 +419,7 @@ def score_diagnosis(diagnosis, pairs, *, tops: Sequence[int] = (10, 20), seed: i
     (`links_on_resource_requests`), controls_sae, ranked and prompt_top (with their matches),
     auroc (clusters x concepts), annotator_stats.
     """
-    from .concepts import annotate
+    from .concepts import _default_tokenizer, annotate
     from .contrast import paired_stats, preference_regression
     from .features import cluster_scores
 
@@ -480,8 +480,9 @@ def score_diagnosis(diagnosis, pairs, *, tops: Sequence[int] = (10, 20), seed: i
     ann_c.index = ann_r.index = pairs_df["id"]
     stats = paired_stats(ann_c.astype(float), ann_r.astype(float), n_boot=1000, seed=seed).set_index("concept")
     headline["controls_min_q"] = float(stats.loc[list(CONTROLS), "q"].min())
-    lengths_c = annotate([p["chosen"] for p in pairs], ["length"])["length"].to_numpy()
-    lengths_r = annotate([p["rejected"] for p in pairs], ["length"])["length"].to_numpy()
+    tokenizer = _default_tokenizer()  # once, for both sides' lengths
+    lengths_c = annotate([p["chosen"] for p in pairs], ["length"], tokenizer=tokenizer)["length"].to_numpy()
+    lengths_r = annotate([p["rejected"] for p in pairs], ["length"], tokenizer=tokenizer)["length"].to_numpy()
     present_c = (ann_c > 0).astype(float).assign(length=np.log1p(lengths_c))
     present_r = (ann_r > 0).astype(float).assign(length=np.log1p(lengths_r))
     reg = preference_regression(present_c, present_r, covariates=("length",), seed=seed,

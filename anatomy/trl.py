@@ -129,7 +129,9 @@ def _rows(shaping: dict, tokenizer) -> list[dict]:
                "chosen": [{"role": "assistant", "content": p["chosen"]}],
                "rejected": [{"role": "assistant", "content": p["rejected"]}]}
         if shaping["policy_prompts"] is not None:
-            row["ref_prompt"], row["prompt"] = row["prompt"], list(shaping["policy_prompts"][k])
+            policy_prompt = shaping["policy_prompts"][k]
+            row["ref_prompt"] = row["prompt"]
+            row["prompt"] = row["prompt"] if policy_prompt is None else list(policy_prompt)
         if shaping["weights"] is not None:
             row["weight"] = float(shaping["weights"][k])
         if shaping["offsets"] is not None:
@@ -279,6 +281,8 @@ class ShapedDPOTrainer(DPOTrainer):
         self._check_loss(args, "weight" in train_dataset.column_names)
         super().__init__(model, ref_model=ref_model, args=args, train_dataset=train_dataset,
                          processing_class=processing_class, **kwargs)
+        if self.aux_loss_enabled and "weight" in train_dataset.column_names:
+            raise NotImplementedError("per-pair weights with a MoE auxiliary loss: set router_aux_loss_coef=0.0")
 
     @staticmethod
     def _check_loss(args, weighted: bool) -> None:
@@ -303,10 +307,10 @@ class ShapedDPOTrainer(DPOTrainer):
         # the reference's tokens: the original prompt before the same completions
         ref = dataset.select_columns(["ref_prompt", "chosen", "rejected"]).rename_column("ref_prompt", "prompt")
         ref = super()._prepare_dataset(ref, processing_class, args, f"{dataset_name} (reference prompts)")
-        for i in range(len(dataset)):
-            for side in ("chosen", "rejected"):
-                if ref[i][f"{side}_ids"] != dataset[i][f"{side}_ids"]:
-                    pid = dataset[i].get("id", i)
+        names = dataset["id"] if "id" in dataset.column_names else list(range(len(dataset)))
+        for side in ("chosen", "rejected"):
+            for pid, a, b in zip(names, ref[f"{side}_ids"], dataset[f"{side}_ids"]):
+                if a != b:
                     raise ValueError(f"pair {pid!r} field 'policy_prompts': the {side} completion tokenises "
                                      "differently after the policy prompt than after the original prompt")
         return dataset.add_column("ref_prompt_ids", ref["prompt_ids"])

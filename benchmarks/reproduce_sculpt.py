@@ -52,6 +52,7 @@ LENS_OF = {"reward_shaping": "annotator", "steering": "direction", "inoculation"
            "preventative_steering": "direction", "ablation": "direction"}
 GRIDS = {"reward_shaping": [0.5, 1.0, 2.0, 4.0, 8.0], "filter_pairs": [0.1, 0.2, 0.3, 0.4, 0.6],
          "downweight_pairs": [1.0, 2.0, 4.0, 8.0, 16.0], "steering": [0.5, 1.0, 2.0, 4.0]}
+QUICK_STEERING_GRID = [0.5, 1.0, 2.0]
 # steering and preventative steering: strength = c × the RMS norm of the residual at the hook
 STEERED = ("steering", "preventative_steering")
 METHOD_ORDER = ["plain", "reward_shaping", "filter_tokens", "filter_pairs", "downweight_pairs", "inoculation",
@@ -97,10 +98,11 @@ def presence(pairs) -> tuple[pd.DataFrame, pd.DataFrame]:
     return c, r
 
 
-def label_directions(model, pairs, hook: str, seed: int) -> dict:
-    """Difference-of-means directions of the targets at ``hook`` from annotator labels (as reproduce_predict)."""
+def label_directions(model, pairs, hook: str) -> dict:
+    """Difference-of-means unit directions of the targets at ``hook``: responses an annotator flags minus the
+    rest (mean-pooled response tokens of chosen and rejected), as ``(hook, vector)``."""
     from anatomy.cache import cache_pairs
-    from anatomy.probes import direction_from_labels
+    from anatomy.probes import diff_of_means
 
     pres_c, pres_r = presence(pairs)
     acts = cache_pairs(model, pairs, hook, pooling=("mean",), progress=False)
@@ -108,7 +110,10 @@ def label_directions(model, pairs, hook: str, seed: int) -> dict:
     out = {}
     for c in TARGETS:
         lab = torch.as_tensor(np.r_[pres_c[c].to_numpy(), pres_r[c].to_numpy()].astype(bool))
-        out[c] = direction_from_labels(x[lab], x[~lab], name=c, hook=hook, seed=seed)
+        if not 0 < int(lab.sum()) < len(lab):
+            raise SystemExit(f"no {c!r} among the {len(pairs)} pairs' responses to read a direction on; "
+                             "use more pairs (--n-direction-pairs, --n-dev)")
+        out[c] = (hook, diff_of_means(x[lab], x[~lab]))
     return out
 
 
@@ -152,6 +157,8 @@ def calibrate(lens, dev_pairs, directions, rms: float, args) -> dict:
     ref = pair_logprobs(lens, dev_pairs, batch_size=args.batch_size)
     out = {"rms": rms, "n_dev_pairs": len(dev_pairs), "grids": {}, "chosen": {}}
     for method, grid in GRIDS.items():
+        if method == "steering" and args.quick:
+            grid = QUICK_STEERING_GRID
         rows = []
         for c in grid:
             strength = c * rms if method in STEERED else c
@@ -327,14 +334,14 @@ def main(argv=None) -> dict:
                     help="training-split pairs the steering directions are read on (default: the training pairs); "
                          "the training pairs come first")
     ap.add_argument("--quick", action="store_true",
-                    help="32 pairs x 2 epochs at lr 1e-4, 16 prompts x 2 x 40 tokens, 8 clean pairs, 48 dev pairs, "
-                         "directions read on 64 pairs")
+                    help="24 pairs x 2 epochs at lr 1e-4, 12 prompts x 2 x 32 tokens, 8 clean pairs, 32 dev pairs, "
+                         "directions read on 48 pairs, steering grid 0.5-2")
     ap.add_argument("--run-dir", default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     if args.quick:
-        args.n_train, args.epochs, args.lr, args.n_prompts = 32, 2, 1e-4, 16
-        args.max_new_tokens, args.n_clean, args.n_dev, args.n_direction_pairs = 40, 8, 48, 64
+        args.n_train, args.epochs, args.lr, args.n_prompts = 24, 2, 1e-4, 12
+        args.max_new_tokens, args.n_clean, args.n_dev, args.n_direction_pairs = 32, 8, 32, 48
     tag = "sculpt_quick" if args.quick else "sculpt"
     run_dir = Path(args.run_dir or ROOT / "results" / f"{tag}_runs")
     out_path = Path(args.out or ROOT / "results" / f"{tag}.json")
@@ -366,13 +373,13 @@ def main(argv=None) -> dict:
     n_dir = max(args.n_direction_pairs or 0, len(pairs))
     extra = [train_ds[i] for i in np.random.default_rng(args.seed + 2).permutation(len(train_ds)).tolist()
              if i not in used][: n_dir - len(pairs)]
-    directions = label_directions(lens, pairs + extra, hook, args.seed)
+    directions = label_directions(lens, pairs + extra, hook)
     log("directions")
     if cal_path.exists() and json.loads(cal_path.read_text()).get("key") == cal_key:
         cal = json.loads(cal_path.read_text())
     else:
         t0 = time.time()
-        dev_dirs = label_directions(lens, dev_pairs, hook, args.seed)
+        dev_dirs = label_directions(lens, dev_pairs, hook)
         rms = residual_rms(lens, dev_pairs[:16], hook)
         cal = {"key": cal_key, **calibrate(lens, dev_pairs, dev_dirs, rms, args),
                "seconds": round(time.time() - t0, 1)}

@@ -43,11 +43,12 @@ class SmallDiagnosis:
         return self.rows.groupby("view", sort=False).head(top).reset_index(drop=True)
 
 
-def small_diagnosis(pairs: list[dict], *, n_concepts: int = 6, seed: int = 0) -> SmallDiagnosis:
+def small_diagnosis(pairs: list[dict], *, n_concepts: int = 6, n_prompt_rows: int = 2,
+                    seed: int = 0) -> SmallDiagnosis:
     """n_concepts SAE-lens concepts (clusters 0..n-1 of two or three member features each) with
     seeded sparse firing frequencies (`PairFeatures`), u read from them; one global row per
     concept (the last two scoped to data cluster 1) and one prompt-conditioned row (prompt
-    cluster 0) for the first two; q alternates between significant and not."""
+    cluster 0) for the first ``n_prompt_rows``; q alternates between significant and not."""
     import scipy.sparse as sp
 
     from anatomy.features import PairFeatures
@@ -83,7 +84,7 @@ def small_diagnosis(pairs: list[dict], *, n_concepts: int = 6, seed: int = 0) ->
     data_labels = np.arange(n) % 3 - 1
     prompt_labels = np.arange(n) % 2
     recs = []
-    for view, concepts in (("global", range(n_concepts)), ("prompt", range(min(2, n_concepts)))):
+    for view, concepts in (("global", range(n_concepts)), ("prompt", range(min(n_prompt_rows, n_concepts)))):
         for rank, c in enumerate(concepts, start=1):
             group = -1 if view == "global" and c < n_concepts - 2 else (1 if view == "global" else 0)
             members = (np.ones(n, bool) if group == -1 else

@@ -285,13 +285,14 @@ def test_too_long_with_fake_tokenizer(as_dict):
     tok = FakeTokenizer(as_dict)
     rows = [make_pair(id="short"), make_pair(id="long", prompt="w " * 7, chosen="a b c")]
     # long: prompt 7 words + 2, longer response 3 words + 2 -> 14 > 12
-    with pytest.raises(PreferenceDataError, match=r"pair 'long' field 'prompt': too long for the "
-                                                  r"model's context: 14 tokens > 12"):
+    with pytest.raises(PreferenceDataError, match=r"pair 'long' field 'chosen': too long for the "
+                                                  r"model's context: 14 tokens \(prompt \+ chosen\) > 12"):
         load_preferences(rows, tokenizer=tok)
     assert len(load_preferences(rows, tokenizer=tok, max_length=14)) == 2
     assert len(load_preferences(rows)) == 2  # no tokenizer, no check
-    tok.model_max_length = int(1e30)  # HF's "unknown" sentinel: the check is skipped
-    assert len(load_preferences(rows, tokenizer=tok)) == 2
+    tok.model_max_length = int(1e30)  # HF's "unknown" sentinel and no config to ask: skipped, with a warning
+    with pytest.warns(UserWarning, match="length check is skipped"):
+        assert len(load_preferences(rows, tokenizer=tok)) == 2
 
 
 def test_too_long_with_real_tokenizer():
@@ -304,9 +305,9 @@ def test_too_long_with_real_tokenizer():
     ds, report = load_preferences(rows, strict=False, tokenizer=tok, max_length=128)
     assert ds["id"] == ["short"]
     assert report.loc[0, "id"] == "long" and report.loc[0, "field"] == "prompt"
-    assert report.loc[0, "reason"].startswith("too long for the model's context")
-    n = int(report.loc[0, "reason"].split(": ")[1].split()[0])
-    text = tok.apply_chat_template([user(rows[1]["prompt"]), asst("4.")], tokenize=False)
+    assert report.loc[0, "reason"].startswith("too long for the model's context: the prompt alone is")
+    n = int(re.search(r"(\d+) tokens", report.loc[0, "reason"]).group(1))
+    text = tok.apply_chat_template([user(rows[1]["prompt"])], tokenize=False)
     assert n == len(tok(text, add_special_tokens=False)["input_ids"])  # independent count
 
 

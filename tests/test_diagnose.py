@@ -266,3 +266,26 @@ def test_cache_reuses_only_the_same_texts_and_weights(tiny, tokenizer, tmp_path)
     assert w.settings["features_cache"] not in (cache, e.settings["features_cache"])
     assert _same_features(w.features, diagnose(pairs, model=model, sae=sae, config=cfg, progress=False).features)
     assert not _same_features(w.features, first.features)
+
+
+def test_command_line_trains_an_sae_and_diagnoses_through_it(tiny, tmp_path, monkeypatch, capsys):
+    import anatomy.models
+    from anatomy.__main__ import main
+    from anatomy.saes import load_sae
+
+    monkeypatch.setattr(anatomy.models, "load_model", lambda name=None, **kw: tiny[0])  # the tiny model as default
+    main(["train-sae", "organism", "--split", "train", "--limit", "20", "--layer", "0", "--d-sae", "64", "--k", "4",
+          "--epochs", "1", "--batch-size", "256", "--out", str(tmp_path / "sae"), "--no-progress"])
+    sae = load_sae(str(tmp_path / "sae"))
+    assert sae.cfg.d_sae == 64 and sae.cfg.metadata.hook_name == "blocks.0.hook_resid_post"
+    (tmp_path / "cfg.json").write_text(json.dumps({"min_size": 5, "n_boot": 0, "n_label_pairs": 5, "label_top": 3}))
+    capsys.readouterr()
+    main(["diagnose", "organism", "--split", "train", "--limit", "40", "--sae", str(tmp_path / "sae"),
+          "--config", str(tmp_path / "cfg.json"), "--out", str(tmp_path / "out"), "--no-progress"])
+    printed = capsys.readouterr().out
+    assert "top 10 of" in printed and "40 pairs read from organism" in printed and "length: median" in printed
+    d = Diagnosis.load(tmp_path / "out" / "diagnosis")
+    assert len(d) == 40 and d.config.min_size == 5 and d.settings["sae_arg"] == str(tmp_path / "sae")
+    csv = pd.read_csv(tmp_path / "out" / "hypotheses.csv")
+    assert len(csv) == len(d.ranked) + len(d.prompt_rows) and list(csv["concept"].head(3)) == list(
+        d.ranked["concept"].head(3))
