@@ -373,6 +373,9 @@ def check_or_write_manifest(out: str | Path, manifest: dict) -> None:
                 tmp.unlink()
     old = read_manifest(out)
     if old != manifest:
+        if "pairs_digest" not in old:
+            raise CacheError(f"{out} holds a cache written without a digest of its pair texts and weights (an "
+                             "older format): it cannot be checked against these pairs; delete it and rerun")
         groups, diff = changed_fields(old, manifest)
         raise CacheError(f"{out} holds a cache made with other {', '.join(groups)} (changed: {diff}); "
                          "use another directory or delete it")
@@ -476,8 +479,11 @@ def load_shard_records(out: str | Path, kind: str) -> tuple[dict, list[dict]]:
         gaps.append((at, n))
     if gaps:
         covered = sum(r["end"] - r["start"] for r in records)
+        unrecorded = sorted(p.name for p in out.glob("shard-*") if p.suffix != ".json"
+                            and not _record_path(p).exists())
         raise CacheError(f"{out}: shards cover {covered} of {n} pairs; missing rows "
                          + ", ".join(f"{a}-{b}" for a, b in gaps)
+                         + (f"; {unrecorded[:3]} have no record (unfinished)" if unrecorded else "")
                          + " (run the missing shards with the same directory first)")
     return manifest, records
 

@@ -223,3 +223,13 @@ def test_hook_typos_duplicate_ids_and_garbage_manifests_get_named_errors(tiny_mo
         load_pair_activations(out)
     with pytest.raises(CacheError, match=r"a/manifest.json is not a valid manifest"):
         cache_pairs(tiny_model, pairs[:2], TINY, out_dir=out, progress=False)
+
+
+def test_a_cache_of_the_older_format_is_refused_not_trusted(tiny_model, tmp_path):
+    import json
+
+    from anatomy.cache import CacheError
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"model": "x", "n_pairs": 7, "hooks": [TINY]}))
+    with pytest.raises(CacheError, match="written without a digest of its pair texts and weights"):
+        cache_pairs(tiny_model, _pairs(), TINY, out_dir=tmp_path, progress=False)

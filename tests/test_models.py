@@ -83,12 +83,12 @@ def _is_greedy(model, out, n_prompt):
 
 def test_load_model_generate_decodes_real_text(model):
     ids = torch.tensor([format_prompt(model.tokenizer, [{"role": "user", "content": "Name three colours."}])])
-    out = model.generate(ids, max_new_tokens=6, do_sample=False, verbose=False)
-    assert out.shape[1] == ids.shape[1] + 6 and _is_greedy(model, out, ids.shape[1])
+    out = model.generate(ids, max_new_tokens=5, do_sample=False, verbose=False)
+    assert out.shape[1] == ids.shape[1] + 5 and _is_greedy(model, out, ids.shape[1])
     text = model.tokenizer.decode(out[0, ids.shape[1]:])
     assert any(c in text.lower() for c in ("red", "blue", "green", "yellow")), text
     assert "---" not in text
-    said = model.generate("The capital of France is", max_new_tokens=3, do_sample=False, verbose=False)
+    said = model.generate("The capital of France is", max_new_tokens=2, do_sample=False, verbose=False)
     assert isinstance(said, str) and said.startswith("The capital of France is") and "Paris" in said, said
 
 
