@@ -392,8 +392,13 @@ def main(argv=None) -> dict:
     n_dir = max(args.n_direction_pairs or 0, len(pairs))
     extra = [train_ds[i] for i in np.random.default_rng(args.seed + 2).permutation(len(train_ds)).tolist()
              if i not in used][: n_dir - len(pairs)]
-    directions = label_directions(lens, pairs + extra, hook)
-    log("directions")
+    directions = {}  # read when a run first needs them
+
+    def get_directions() -> dict:
+        if not directions:
+            directions.update(label_directions(lens, pairs + extra, hook))
+            log("directions")
+        return directions
     tunable = [m for m in args.methods if m in GRIDS or m in STEERED]
     if cal_path.exists() and json.loads(cal_path.read_text()).get("key") == cal_key:
         cal = json.loads(cal_path.read_text())
@@ -439,7 +444,8 @@ def main(argv=None) -> dict:
         lock.write_text(str(os.getpid()))
         try:
             t0 = time.time()
-            run = run_method(method, strengths.get(method), lens, pairs, prompts, clean, directions, ref, scorers,
+            dirs = get_directions() if LENS_OF.get(method) == "direction" else {}
+            run = run_method(method, strengths.get(method), lens, pairs, prompts, clean, dirs, ref, scorers,
                              roll_kw, args)
             run["key"] = key
             tmp = path.with_suffix(".tmp")
@@ -450,6 +456,13 @@ def main(argv=None) -> dict:
         runs[method] = run
         log(f"{method} ({time.time() - t0:.0f} s)")
 
+    for method in METHOD_ORDER:  # runs that other processes finished meanwhile
+        path = run_dir / f"{method}.json"
+        if method in args.methods and method not in runs and path.exists():
+            run = json.loads(path.read_text())
+            if run.get("key") == settings_digest(args, method, strengths.get(method)):
+                runs[method] = run
+    runs = {m: runs[m] for m in METHOD_ORDER if m in runs}
     missing = [m for m in args.methods if m not in runs]
     if "plain" not in runs:
         raise SystemExit("the tables need the plain run (--methods plain ...)")
