@@ -7,11 +7,12 @@ Stages (one module each): ``models`` (load the model, format pairs), ``data``
 lens: load, train, measure), ``features`` (per-span feature summaries, concept
 clusters, offline labels),
 ``contrast`` (paired statistics of chosen vs rejected concept scores), ``hypotheses``
-(the global and prompt-conditioned views, ranked), ``interventions`` (a Plan of
+(the global and prompt-conditioned views, ranked), ``diagnose`` (the whole audit in one call),
+``report`` (the audit as one offline HTML file), ``interventions`` (a Plan of
 per-concept decisions compiled into the shaping of DPO), ``train`` (shaped DPO; its log-prob
 engine in ``logprobs``, run directories and LoRA in ``checkpoints``), ``evals``
 (rollouts and their scores), ``predict`` (predicted vs observed shift), ``review`` (the inline app in which a person
-turns ranked hypotheses into a Plan), ``viz``.
+turns ranked hypotheses into a Plan), ``viz`` (offline figures, highlighted examples, inline browsers).
 
 Names are imported lazily (PEP 562), so ``import anatomy`` is fast and a stage's
 heavy dependencies (torch, transformers, sae_lens) load on first use.
@@ -30,7 +31,9 @@ _EXPORTS = {
     "hypotheses": ["data_clusters", "global_hypotheses", "hypotheses_table", "length_gap", "prompt_clusters",
                    "prompt_conditioned_hypotheses", "rank_hypotheses", "signed_disparity", "symmetric_activity",
                    "token_feature_scores"],
-    "viz": ["examples_html", "feature_browser", "figure_html", "highlight_tokens", "save_figure", "show_examples"],
+    "report": ["write_report"],
+    "viz": ["examples_html", "feature_browser", "figure_html", "highlight_tokens", "hypothesis_browser", "save_figure",
+            "show_examples"],
     "concepts": ["annotate"],
     "diagnose": ["DiagnoseConfig", "DiagnoseError", "Diagnosis", "diagnose"],
     "organism": ["score_diagnosis"],

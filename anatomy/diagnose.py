@@ -390,11 +390,12 @@ class Diagnosis:
                  f"(effect {row['effect']:+.3f}, q {row['q']:.2g})")
         return show_examples(list(by_id[i] for i in ids), ids, highlight=marks, title=title)
 
-    def report(self, path: str | os.PathLike, *, pairs=None) -> Path:
-        """Write the self-contained HTML audit report (`anatomy.report.write_report`)."""
+    def report(self, path: str | os.PathLike, *, pairs=None, **options) -> Path:
+        """Write the self-contained HTML audit report (`anatomy.report.write_report`; ``options``
+        are its knobs: top, n_example_rows, n_examples, highlight)."""
         from .report import write_report
 
-        return write_report(self, path, pairs=pairs if pairs is not None else self.pairs)
+        return write_report(self, path, pairs=pairs if pairs is not None else self.pairs, **options)
 
     def _pairs(self, pairs=None) -> list:
         pairs = pairs if pairs is not None else self.pairs

@@ -19,11 +19,11 @@ Three ways to run it, all writing the same shard files into ``DIR``:
   merge DIR`` once;
 - one process: ``anatomy features SOURCE --out DIR`` (shard 0/1, merged at once).
 
-The merged result is written to ``DIR/merged`` (``PairFeatures.save``) and equals
-the one-process result: every pair is encoded on its own rows, so only the
-batching of the forwards differs between runs, and the forward of a pair's
-tokens does not depend on which process runs it (the tests check equality to the
-bit with 2 processes on CPU). A rerun skips finished shards.
+The merged result is written to ``DIR/merged`` (``PairFeatures.save``). It holds the
+same rows as the one-process result; the values can differ only through the
+batching of the forwards (which pairs share a padded batch), at float-rounding
+level if at all: on CPU, two processes under torchrun gave the one-process
+result to the bit (tests/test_distributed.py). A rerun skips finished shards.
 """
 
 from __future__ import annotations

@@ -55,7 +55,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -66,7 +68,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 __all__ = ["ConceptRef", "Decision", "INOCULATION", "METHODS", "Plan", "TrainInputs", "compile_plan",
-           "concept_scores", "concept_spans", "concept_vector", "steering_hook", "ablation_hook"]
+           "concept_scores", "concept_spans", "concept_vector", "steering_hook", "ablation_hook",
+           "steered_generation_model"]
 
 ACTIONS = ("allow", "explain_away", "amplify")
 LENSES = ("sae", "direction", "annotator")
@@ -297,8 +300,6 @@ def concept_spans(text: str, concept: str) -> list[tuple[int, int]]:
     refusal phrases, URLs, em dashes, and whole lines for headers, list items, tables and
     rules.
     """
-    import re
-
     from . import concepts as C
 
     if concept not in C.ANNOTATORS:
@@ -440,6 +441,40 @@ def ablation_hook(vector: Tensor) -> Callable:
         return acts - (acts @ u)[..., None] * u
 
     return ablate
+
+
+@contextmanager
+def steered_generation_model(model, hook: str, vector: Tensor, alpha: float) -> Iterator:
+    """A plain Hugging Face twin of ``model`` (``models.generation_model``) that generates steered.
+
+    Inside the ``with`` block the residual stream after the layer of ``hook``
+    (``blocks.{L}.hook_resid_post``) gets ``+ alpha · unit(vector)`` at every position;
+    the hook is removed on exit, errors included. Pass the twin to ``evals.rollouts``
+    with ``tokenizer=model.tokenizer``.
+    """
+    from .models import generation_model
+
+    m = re.fullmatch(r"blocks\.(\d+)\.hook_resid_post", hook)
+    if m is None:
+        raise ValueError(f"steered generation reads hooks 'blocks.L.hook_resid_post', got {hook!r}")
+    gen = generation_model(model)
+    layers = gen.get_decoder().layers
+    layer = int(m.group(1))
+    if layer >= len(layers):
+        raise ValueError(f"hook {hook!r}: the model has {len(layers)} layers")
+    u = vector.detach().float().reshape(-1)
+    u = u / u.norm()
+
+    def add(module, args, output):
+        h = output[0] if isinstance(output, tuple) else output
+        h = h + alpha * u.to(device=h.device, dtype=h.dtype)
+        return (h, *output[1:]) if isinstance(output, tuple) else h
+
+    handle = layers[layer].register_forward_hook(add)
+    try:
+        yield gen
+    finally:
+        handle.remove()
 
 
 # ----------------------------------------------------------------------------- compile

@@ -24,6 +24,7 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 __all__ = ["write_report"]
@@ -46,7 +47,7 @@ details { margin: 0.5em 0 }
 def _fmt(x, digits: int = 3) -> str:
     if x is None:
         return ""
-    if isinstance(x, bool):
+    if isinstance(x, (bool, np.bool_)):
         return "yes" if x else "no"
     if isinstance(x, numbers.Integral):
         return str(int(x))

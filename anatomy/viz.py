@@ -8,6 +8,8 @@ example pairs side by side, and an inline feature browser.
 - `show_examples(pairs, ids, highlight=...)`: chosen | rejected side by side, the concept marked
   (`examples_html`: the same as a string).
 - `feature_browser(features, labels)`: pick a feature or cluster, see its examples and histogram.
+- `hypothesis_browser(diagnosis)`: pick a hypothesis, see its example pairs side by side and the
+  histogram of its u.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["examples_html", "feature_browser", "figure_html", "figures_dir", "highlight_tokens", "save_figure", "show_examples"]
+__all__ = ["examples_html", "feature_browser", "figure_html", "figures_dir", "highlight_tokens", "hypothesis_browser",
+           "save_figure", "show_examples"]
 
 
 def figures_dir() -> Path:
@@ -229,4 +232,50 @@ def feature_browser(features, labels, *, stat: str = "max"):
     select.observe(lambda change: show(change["new"]), names="value")
     if options:
         show(options[0][1])
+    return widgets.VBox([select, info, hist])
+
+
+def hypothesis_browser(diagnosis, *, pairs=None, top: int = 20, n_examples: int = 3, highlight: bool = True):
+    """An inline app over a `Diagnosis`: pick a hypothesis (a row of ``diagnosis.table(top)``), see
+    its example pairs side by side (`Diagnosis.examples`) and the histogram of its u over the
+    pairs in its scope, beside the other pairs.
+
+    pairs: the diagnosed pairs (default: those the diagnosis holds). highlight: mark the
+    concept's tokens (one forward per shown pair with the diagnosis' model and SAE).
+    Returns ``ipywidgets.VBox``; ``.children`` are the selector, the examples HTML and a plotly
+    ``FigureWidget`` histogram. Selecting a row updates both.
+    """
+    import ipywidgets as widgets
+    import plotly.graph_objects as go
+
+    table = diagnosis.table(top=top, n_examples=n_examples)
+    if not len(table):
+        raise ValueError("the diagnosis has no hypothesis to browse (its tables are empty)")
+    groups = {"global": np.asarray(diagnosis.data_labels), "prompt": np.asarray(diagnosis.prompt_labels)}
+    options = [(f"{r.view} #{r.rank}: concept {r.concept}"
+                + (f" · {r.label[:50]}" if r.label else "") + f" ({r.scope}, {r.direction}, effect {r.effect:+.3f})", i)
+               for i, r in enumerate(table.itertuples(index=False))]
+    select = widgets.Dropdown(options=options, description="hypothesis", layout={"width": "90%"})
+    info = widgets.HTML()
+    hist = go.FigureWidget(layout={"barmode": "overlay", "height": 280, "margin": dict(t=40, b=30),
+                                   "xaxis_title": "u (chosen-only share − rejected-only share of the concept's features)",
+                                   "yaxis_title": "pairs", "template": "plotly_white"})
+    hist.add_histogram(x=[], name="in scope", opacity=0.7)
+    hist.add_histogram(x=[], name="other pairs", opacity=0.5)
+
+    def show(i: int) -> None:
+        row = table.iloc[i]
+        u = diagnosis.u[row["concept"]].to_numpy()
+        inside = (np.ones(len(u), bool) if int(row["group"]) == -1 else groups[row["view"]] == int(row["group"]))
+        try:
+            info.value = diagnosis.examples(int(row["concept"]), n=n_examples, pairs=pairs, view=row["view"],
+                                            highlight=highlight).data
+        except Exception as err:  # noqa: BLE001 — show why, keep the app usable
+            info.value = f"<p>examples not shown: {html.escape(str(err))}</p>"
+        with hist.batch_update():
+            hist.data[0].x, hist.data[1].x = u[inside], u[~inside]
+            hist.layout.title = f"concept {row['concept']}: u in {row['scope']} vs the other pairs"
+
+    select.observe(lambda change: show(change["new"]), names="value")
+    show(0)
     return widgets.VBox([select, info, hist])

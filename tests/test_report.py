@@ -88,3 +88,21 @@ def test_report_renders_its_figures_offline_in_headless_chromium(report, tmp_pat
     # the plot areas are not blank: > 10,000 pixels of the 1200 x 4000 page differ from the page
     # without figures (the global forest alone is ~1150 x 300)
     assert (np.abs(shot.astype(int) - empty.astype(int)).max(axis=-1) > 30).sum() > 10_000
+
+
+def test_hypothesis_browser_shows_the_chosen_rows_examples_and_u(diagnosis):
+    from anatomy.viz import hypothesis_browser
+
+    app = hypothesis_browser(diagnosis, highlight=False)
+    select, info, hist = app.children
+    table = diagnosis.table(top=20)
+    first = table.iloc[0]
+    assert 'class="anatomy-pair"' in info.value and f"concept {first.concept}" in info.value
+    assert len(hist.data[0].x) + len(hist.data[1].x) == len(diagnosis)
+    last = len(table) - 1
+    select.value = last
+    row = table.iloc[last]
+    inside = (diagnosis.prompt_labels if row.view == "prompt" else diagnosis.data_labels) == row.group
+    if row.group != -1:
+        np.testing.assert_allclose(hist.data[0].x, diagnosis.u[row.concept].to_numpy()[inside])
+    assert f"concept {row.concept}" in info.value
