@@ -554,14 +554,15 @@ def _check_length(tokenizer: Any, prompt: list[dict], chosen: str, rejected: str
             raise _Bad(field, f"too long for the model's context: {n} tokens (prompt + {field}) > {max_length}")
 
 
-def _arrow_ok(values: list) -> bool:
+def _arrow_error(values: list) -> str | None:
+    """Why pyarrow cannot store ``values`` as one column, or None."""
     import pyarrow as pa
 
     try:
         pa.array(values)
-        return True
-    except (pa.ArrowException, OverflowError, TypeError, ValueError):
-        return False
+        return None
+    except (pa.ArrowException, OverflowError, TypeError, ValueError) as e:
+        return f"{type(e).__name__}: {e}"
 
 
 def _from_records(records: list[dict], *, strict: bool = True, origin: dict | None = None) -> datasets.Dataset:
@@ -574,17 +575,18 @@ def _from_records(records: list[dict], *, strict: bool = True, origin: dict | No
     keys = list(dict.fromkeys(k for r in records for k in r))
     columns = {k: [r.get(k) for r in records] for k in keys}
     for k in keys:
-        if k in _CORE or _arrow_ok(columns[k]):
+        error = None if k in _CORE else _arrow_error(columns[k])
+        if error is None:
             continue
         lo, hi = 1, len(records)  # the shortest failing prefix: its last row is where the type changes
         while lo < hi:
             mid = (lo + hi) // 2
-            lo, hi = (lo, mid) if not _arrow_ok(columns[k][:mid]) else (mid + 1, hi)
+            lo, hi = (lo, mid) if _arrow_error(columns[k][:mid]) else (mid + 1, hi)
         bad = records[lo - 1]
         first = next((v for v in columns[k] if v is not None), None)
         index, path = (origin or {}).get(bad["id"], (None, None))
         reason = (f"metadata of type {type(bad.get(k)).__name__} does not fit the column's earlier values "
-                  f"(type {type(first).__name__}); one column holds one type")
+                  f"(type {type(first).__name__}); one column holds one type ({error[:120]})")
         if strict:
             raise PreferenceDataError(bad["id"], k, reason, index, path=path)
         warnings.warn(f"load_preferences: column {k!r} changes type at pair {bad['id']!r} ({reason}); "

@@ -176,6 +176,8 @@ def load_model(
         dtype=dtype or torch.float32,
     )
     bridge.eval()
+    if getattr(bridge.tokenizer, "model_max_length", 0) > 1e6:  # the bridge's tokenizer copy: "unknown"
+        bridge.tokenizer.model_max_length = int(bridge.cfg.n_ctx)
     return correct_generate(bridge)
 
 

@@ -30,10 +30,13 @@ How each piece goes into TRL:
   ``precompute_ref_log_probs=True`` would recompute them and concatenate a second
   copy (``_precompute_ref_logps``); the override here keeps the supplied ones.
 
-Checked on TRL 1.16.0 (transformers 5.24, accelerate 1.15). The override touches
-TRL's ``_prepare_dataset``, ``_precompute_ref_logps``, ``_set_signature_columns_if_needed``
-and ``compute_loss`` and reads the fused LM head's ``log_probs`` output; other TRL
-versions warn at construction.
+Checked on TRL 1.16.0 (transformers 5.24, accelerate 1.15; CPU, one and two
+processes). The override touches TRL's ``_prepare_dataset``, ``_precompute_ref_logps``,
+``_set_signature_columns_if_needed`` and ``compute_loss`` and reads the fused LM
+head's ``log_probs`` output, which TRL's DPOTrainer has from 1.15 on (1.14 and
+older compute logits: refused at construction). TRL 1.15.0 has the same methods,
+but its fused head needs Triton (a GPU), so it could not be run here; versions
+other than 1.16.0 warn.
 
 ``export_shaped`` writes the same decisions as a TRL ``prompt`` / ``chosen`` /
 ``rejected`` dataset (jsonl, parquet or a Hugging Face dataset folder) with a
@@ -62,6 +65,7 @@ from .logprobs import Hook, _check_hooks, _hooked, pair_logprobs
 from .train import _per_pair
 
 CHECKED_TRL = ("1.16.0",)
+MIN_TRL = "1.15.0"  # the first DPOTrainer with the fused LM head (per-token log_probs in the forward's output)
 SHAPING_COLUMNS = ("weight", "offset", "chosen_token_mask", "rejected_token_mask", "ref_prompt")
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 FORMATS = ("jsonl", "parquet", "hf")
@@ -252,6 +256,11 @@ class ShapedDPOTrainer(DPOTrainer):
                  policy_prompts=None, processing_class=None, **kwargs):
         import trl
 
+        from packaging.version import Version
+
+        if Version(trl.__version__) < Version(MIN_TRL):
+            raise ImportError(f"ShapedDPOTrainer needs TRL >= {MIN_TRL} (its DPOTrainer's fused LM head returns the "
+                              f"per-token log-probs the weighted loss reads); this is TRL {trl.__version__}")
         if trl.__version__ not in CHECKED_TRL:
             warnings.warn(f"ShapedDPOTrainer was checked on TRL {', '.join(CHECKED_TRL)}; this is {trl.__version__}",
                           stacklevel=2)

@@ -93,7 +93,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--rank-by", choices=RANK_KEYS, default=recipe.rank_by,
                     help="rank_hypotheses' ordering key (see benchmarks/dev_protocol.md)")
     ap.add_argument("--gate", type=float, default=recipe.gate,
-                    help="gate_weak_firing's rho, 0 for none (see benchmarks/dev_protocol.md, stop 18)")
+                    help="gate_weak_firing's rho, 0 for none (see benchmarks/dev_protocol.md)")
     ap.add_argument("--isolates", action=argparse.BooleanOptionalAction, default=recipe.isolates,
                     help="features with no edge in METHOD's top-1%% NMI graph are concepts of their own")
     ap.add_argument("--organism", default="organism",

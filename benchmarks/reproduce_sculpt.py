@@ -26,6 +26,10 @@ gives the same numbers. Writes ``results/sculpt.json`` (``--quick``:
 ``results/sculpt_quick.json``) and ``figures/08_recovery.html``,
 ``figures/08_predicted_vs_observed.html``.
 
+Processes started on the same ``--run-dir`` share the work: a run in progress holds
+``<method>.lock`` and the others pass it by; each writes the tables of the runs done
+when it ends, so the last to end writes the full table.
+
 Usage: python benchmarks/reproduce_sculpt.py [--quick] [--threads 2] [--methods plain reward_shaping ...]
 """
 
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -127,6 +132,20 @@ def residual_rms(model, pairs, hook: str) -> float:
             sq += float((acts[s].float() ** 2).sum())
             n += len(acts[s])
     return float(np.sqrt(sq / max(n, 1)))
+
+
+def _held(lock: Path) -> bool:
+    """A run's lock file names a live process other than this one (parallel processes share the run dir)."""
+    if not lock.exists():
+        return False
+    try:
+        pid = int(lock.read_text().strip())
+        os.kill(pid, 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return pid != os.getpid()
 
 
 def make_plan(method: str, strength: float):
@@ -375,8 +394,11 @@ def main(argv=None) -> dict:
              if i not in used][: n_dir - len(pairs)]
     directions = label_directions(lens, pairs + extra, hook)
     log("directions")
+    tunable = [m for m in args.methods if m in GRIDS or m in STEERED]
     if cal_path.exists() and json.loads(cal_path.read_text()).get("key") == cal_key:
         cal = json.loads(cal_path.read_text())
+    elif not tunable:  # these methods have no strength to calibrate
+        cal = {"chosen": {}}
     else:
         t0 = time.time()
         dev_dirs = label_directions(lens, dev_pairs, hook)
@@ -410,18 +432,29 @@ def main(argv=None) -> dict:
             runs[method] = json.loads(path.read_text())
             print(f"[{method}] done before, skipped", flush=True)
             continue
-        t0 = time.time()
-        run = run_method(method, strengths.get(method), lens, pairs, prompts, clean, directions, ref, scorers,
-                         roll_kw, args)
-        run["key"] = key
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(run))
-        tmp.replace(path)
+        lock = run_dir / f"{method}.lock"
+        if _held(lock):
+            log(f"{method} is running in process {lock.read_text().strip()}; left to it")
+            continue
+        lock.write_text(str(os.getpid()))
+        try:
+            t0 = time.time()
+            run = run_method(method, strengths.get(method), lens, pairs, prompts, clean, directions, ref, scorers,
+                             roll_kw, args)
+            run["key"] = key
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(run))
+            tmp.replace(path)
+        finally:
+            lock.unlink(missing_ok=True)
         runs[method] = run
         log(f"{method} ({time.time() - t0:.0f} s)")
 
+    missing = [m for m in args.methods if m not in runs]
     if "plain" not in runs:
         raise SystemExit("the tables need the plain run (--methods plain ...)")
+    if missing:
+        log(f"tables without {missing} (running elsewhere; rerun to include them)")
     agg = aggregate(before, runs, pairs, args)
     fig_pvo = agg["r2"].pop("_fig", None)
     save_figure(recovery_figure(agg["recovery"]), "08_recovery")
@@ -430,7 +463,8 @@ def main(argv=None) -> dict:
     out = {
         **agg,
         "targets": list(TARGETS), "untargeted": list(UNTARGETED),
-        "strengths": strengths, "calibration": {k: v for k, v in cal.items() if k != "key"},
+        "strengths": {m: r["strength"] for m, r in runs.items()},
+        "calibration": {k: v for k, v in cal.items() if k != "key"},
         "before": {k: before[k] for k in ("distinct2", "perplexity", "clean_margin_mean")},
         "rollouts": {m: r["rollouts"][:8] for m, r in {"before": before, **runs}.items()},
         "settings": {k: v for k, v in vars(args).items()},

@@ -134,14 +134,14 @@ def test_examples_highlight_the_concepts_tokens(diagnosis):
 
 def test_diagnose_reads_a_file_and_reports_its_bad_rows(tiny, tmp_path):
     model, sae = tiny
-    rows = organism_pairs(24)
+    rows = organism_pairs(20)
     path = tmp_path / "pairs.jsonl"
     lines = [json.dumps({k: p[k] for k in ("id", "prompt", "chosen", "rejected")}) for p in rows]
     lines.insert(3, json.dumps({"id": "broken", "prompt": "hi", "chosen": "", "rejected": "no"}))
     path.write_text("\n".join(lines) + "\n")
     d = diagnose(str(path), model=model, sae=sae, config=DiagnoseConfig(min_size=5, n_boot=0, n_label_pairs=0),
                  progress=False)
-    assert len(d) == 24 and d.source["n_skipped"] == 1 and d.source["source"] == str(path)
+    assert len(d) == 20 and d.source["n_skipped"] == 1 and d.source["source"] == str(path)
     assert d.bad_rows[["id", "field"]].values.tolist() == [["broken", "chosen"]]
     assert d.labels == {}
 
@@ -246,7 +246,7 @@ def test_cache_reuses_only_the_same_texts_and_weights(tiny, tokenizer, tmp_path)
     _, sae = tiny
     model = make_tiny(tokenizer)  # trained in place below: not the shared fixture
     cfg = DiagnoseConfig(min_size=5, n_boot=0, n_label_pairs=0)
-    pairs = organism_pairs(24)
+    pairs = organism_pairs(20)
     first = diagnose(pairs, model=model, sae=sae, config=cfg, cache_dir=tmp_path, progress=False)
     cache = first.settings["features_cache"]
     again = diagnose(pairs, model=model, sae=sae, config=cfg, cache_dir=tmp_path, progress=False)
@@ -280,12 +280,12 @@ def test_command_line_trains_an_sae_and_diagnoses_through_it(tiny, tmp_path, mon
     assert sae.cfg.d_sae == 64 and sae.cfg.metadata.hook_name == "blocks.0.hook_resid_post"
     (tmp_path / "cfg.json").write_text(json.dumps({"min_size": 5, "n_boot": 0, "n_label_pairs": 5, "label_top": 3}))
     capsys.readouterr()
-    main(["diagnose", "organism", "--split", "train", "--limit", "40", "--sae", str(tmp_path / "sae"),
+    main(["diagnose", "organism", "--split", "train", "--limit", "24", "--sae", str(tmp_path / "sae"),
           "--config", str(tmp_path / "cfg.json"), "--out", str(tmp_path / "out"), "--no-progress"])
     printed = capsys.readouterr().out
-    assert "top 10 of" in printed and "40 pairs read from organism" in printed and "length: median" in printed
+    assert "top 10 of" in printed and "24 pairs read from organism" in printed and "length: median" in printed
     d = Diagnosis.load(tmp_path / "out" / "diagnosis")
-    assert len(d) == 40 and d.config.min_size == 5 and d.settings["sae_arg"] == str(tmp_path / "sae")
+    assert len(d) == 24 and d.config.min_size == 5 and d.settings["sae_arg"] == str(tmp_path / "sae")
     csv = pd.read_csv(tmp_path / "out" / "hypotheses.csv")
     assert len(csv) == len(d.ranked) + len(d.prompt_rows) and list(csv["concept"].head(3)) == list(
         d.ranked["concept"].head(3))

@@ -231,7 +231,8 @@ def test_export_without_a_reference_keeps_offsets_for_the_trainer(tok, pairs, tm
     row = json.loads((tmp_path / "s.jsonl").read_text().splitlines()[1])
     assert row["offset"] == -1.0 and row["weight"] == 1.0 and "ref_chosen_logps" not in row
     ref = W.tiny_model(tok, 0)
-    trainer = ShapedDPOTrainer(ref, None, W.trl_args(tmp_path / "t", 1), train_dataset=load_shaped(tmp_path / "s.jsonl"),
+    trainer = ShapedDPOTrainer(ref, None, W.trl_args(tmp_path / "t", 1),
+                               train_dataset=load_shaped(tmp_path / "s.jsonl"),
                                processing_class=tok)
     ref_lp = T.pair_logprobs(ref, pairs[:2], tokenizer=tok)
     np.testing.assert_allclose(trainer.train_dataset["ref_chosen_logps"],
@@ -246,7 +247,8 @@ def test_bad_shaping_names_the_pair_and_field(tok, pairs, tmp_path):
     with pytest.raises(ValueError, match=f"pair '{pairs[1]['id']}' field 'weights'"):
         ShapedDPOTrainer(model, None, args, pairs=pairs, processing_class=tok, weights=[1, -1, 1, 1])
     with pytest.raises(ValueError, match=f"pair '{pairs[0]['id']}' field 'token_masks' \\(chosen\\): length 2"):
-        ShapedDPOTrainer(model, None, args, pairs=pairs, processing_class=tok, token_masks=[([1, 0], None)] + [None] * 3)
+        ShapedDPOTrainer(model, None, args, pairs=pairs, processing_class=tok,
+                         token_masks=[([1, 0], None)] + [None] * 3)
     with pytest.raises(ValueError, match="policy_hooks.*TransformerBridge"):
         ShapedDPOTrainer(model, None, args, pairs=pairs, processing_class=tok,
                          policy_hooks=[("blocks.0.hook_resid_post", lambda a, hook=None: a)])
