@@ -340,7 +340,7 @@ def gate_weak_firing(features: PairFeatures, rho: float = 0.5,
     In every span, an entry whose max is below theta_g gets max = freq = 0; the others are
     kept as they are. Latents that are barely positive are where an SAE feature is least
     specific: in the organism, a hedge feature peaks at a median of 27 on planted hedges
-    and 4.9 elsewhere, a "!" feature at 36 and 1.9 (``benchmarks/dev_protocol.md``, stop 18).
+    and 4.9 elsewhere, a "!" feature at 36 and 1.9 (``benchmarks/dev_protocol.md``, the section on gating weak firings).
 
     rho: in [0, 1); 0 returns ``features`` unchanged.
     Returns a new ``PairFeatures`` (the input is not edited); ``meta["gate_rho"]`` = rho.

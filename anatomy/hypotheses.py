@@ -579,13 +579,13 @@ def rank_hypotheses(u: pd.DataFrame, labels, *, conditional: pd.DataFrame | None
           by a larger but noisier shift. On five development organisms it raised recall at top
           20 from 0.60 to 0.71 (flattery) and lowered precision from 0.70 to 0.61 (steady small
           shifts of the whole chosen response): "impact" stays the default
-          (``benchmarks/dev_protocol.md``, stop 17).
+          (``benchmarks/dev_protocol.md``, the ranking-key section).
     one_per_concept: keep each concept's best row (the top-N then names N concepts).
     redundancy: a concept whose u correlates (|Pearson r| over all pairs) at or above this
         with the u of a concept ranked before it carries the same signal (an SAE often splits
         one behaviour, e.g. links, into several clusters): it gets ``duplicate_of`` = that
         concept and moves after the non-duplicates of its tier. None: no such step. Lower cuts
-        were tried (``benchmarks/dev_protocol.md``, stop 16): 0.5 won on three development
+        were tried (``benchmarks/dev_protocol.md``, the duplicate-cut section): 0.5 won on three development
         organisms and lost on two held-out ones (it marks header's cluster a duplicate), so 0.8 stays.
     Returns HYPOTHESIS_COLUMNS + ["impact", "duplicate_of", "rank"], best first
     (duplicate_of is -1 for none).

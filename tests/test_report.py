@@ -77,15 +77,15 @@ def test_report_of_a_loaded_diagnosis_without_pairs_says_what_it_cannot_show(dia
 
 def test_report_renders_its_figures_offline_in_headless_chromium(report, tmp_path):
     _, path, page = report
-    shot = screenshot(path, tmp_path / "report.png", size=(1200, 4000))
+    shot = screenshot(path, tmp_path / "report.png", size=(1200, 2000))
     # the same page with plotly.js removed: its figures cannot draw
     blank = tmp_path / "no_plotly.html"
     blank.write_text(outside_plotlyjs(page), encoding="utf-8")
-    empty = screenshot(blank, tmp_path / "no_plotly.png", size=(1200, 4000))
+    empty = screenshot(blank, tmp_path / "no_plotly.png", size=(1200, 2000))
     bars = [(0x1F, 0x77, 0xB4), (0xD6, 0x27, 0x28)]
     drawn = sum(colour_share(shot, c) for c in bars)
     assert drawn > sum(colour_share(empty, c) for c in bars) + 0.002  # the forest's bars
-    # the plot areas are not blank: > 10,000 pixels of the 1200 x 4000 page differ from the page
+    # the plot areas are not blank: > 10,000 pixels of the 1200 x 2000 window differ from the page
     # without figures (the global forest alone is ~1150 x 300)
     assert (np.abs(shot.astype(int) - empty.astype(int)).max(axis=-1) > 30).sum() > 10_000
 
