@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo test bench organism reproduce-diagnose reproduce-predict clean
+.PHONY: install browser demo test bench organism reproduce-diagnose reproduce-predict reproduce-sculpt clean
 
 install: $(STAMP)
 
@@ -20,10 +20,21 @@ $(STAMP): pyproject.toml
 	$(PY) -m anatomy prepare
 	touch $(STAMP)
 
+# the audit of a seeded subset of the organism (600 pairs), scored against what was planted -> results/demo/
 demo: install
-	$(PY) -m anatomy demo
+	$(PY) -m anatomy demo --threads 2
 
-test: install
+# The browser test drives Debian's Chromium through Playwright (pip's playwright never downloads
+# a browser here). As root with apt, install it once; elsewhere tests/test_browser.py skips, saying why.
+browser:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing Debian's chromium for the browser test"; \
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver) \
+	    >/dev/null || echo "chromium did not install: the browser test will skip"; \
+	else echo "no apt as root: the browser test will skip unless /usr/bin/chromium exists"; fi
+
+test: install browser
 	$(PY) -m pytest -q
 
 bench: install
@@ -32,13 +43,18 @@ bench: install
 organism: install
 	$(PY) -m anatomy.organism build --seed 0
 
-# issue 5: the diagnosis of the organism, scored against its ground truth -> results/diagnose.json
+# the diagnosis of the organism, scored against its ground truth -> results/diagnose.json
 reproduce-diagnose: install
 	$(PY) benchmarks/reproduce_diagnose.py --features-dir results/features
 
 # issue 6: predict, train DPO, roll out, compare -> results/predict.json + figures/06_*.html
 reproduce-predict: install
 	$(PY) benchmarks/reproduce_predict.py
+
+# plain DPO and each intervention explaining away four planted concepts -> results/sculpt.json + figures/08_*.html
+# (resumable: each run writes results/sculpt_runs/<method>.json; `--quick` for a small version)
+reproduce-sculpt: install
+	$(PY) benchmarks/reproduce_sculpt.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -111,7 +111,7 @@ def _check_finite(chosen: pd.DataFrame, rejected: pd.DataFrame, c_mat: np.ndarra
                              f"{frame.index[int(bad[j].argmax())]!r}")
 
 
-def _bh(p: np.ndarray) -> np.ndarray:
+def bh_qvalues(p: np.ndarray) -> np.ndarray:
     """Benjamini–Hochberg q-values (statsmodels ``fdr_bh``); NaN p-values stay NaN, excluded."""
     q = np.full(p.shape, np.nan)
     ok = ~np.isnan(p)
@@ -194,7 +194,10 @@ def _block_tests(c: np.ndarray, r: np.ndarray, work: np.ndarray,
     if n > 1:  # two-pass variance (deviations from the mean), as np.std
         sd = np.sqrt(ss / (n - 1))
         with np.errstate(invalid="ignore", divide="ignore"):
-            d_z = np.where(sd > 0, mean / sd, 0.0)
+            # a gap that is the same in every pair (sd 0, up to rounding) is infinitely consistent
+            const = sd <= 1e-12 * np.abs(mean)
+            d_z = np.where(const, np.copysign(np.inf, mean), mean / sd)
+            d_z = np.where((mean == 0) & (sd == 0), 0.0, d_z)
     else:
         d_z = np.zeros(k)
 
@@ -303,7 +306,8 @@ def paired_stats(chosen: pd.DataFrame, rejected: pd.DataFrame, *, n_boot: int = 
         "wilcox", correction=False, method="approx").pvalue``; 1 if all d are 0 (scipy: NaN);
       p_sign — two-sided exact binomial sign test of n_pos out of n_pos + n_neg (ties
         dropped), = ``scipy.stats.binomtest(n_pos, n_pos + n_neg).pvalue``; 1 if all d are 0;
-      d — Cohen's d_z = mean(d) / sd(d, ddof=1); 0 when sd is 0 or undefined (n = 1);
+      d — Cohen's d_z = mean(d) / sd(d, ddof=1); +-inf when every pair has the same
+        nonzero gap (sd 0), 0 when every gap is 0 or sd is undefined (n = 1);
       p_superiority — P(chosen > rejected) + 0.5 P(tie) = (n_pos + n_zero / 2) / n;
       q, q_sign — Benjamini–Hochberg over the concepts of p and p_sign (statsmodels
         ``multipletests(method="fdr_bh")``);
@@ -352,8 +356,8 @@ def paired_stats(chosen: pd.DataFrame, rejected: pd.DataFrame, *, n_boot: int = 
         "p_sign": out["p_sign"],
         "d": out["d_z"],
         "p_superiority": out["p_superiority"],
-        "q": _bh(out["p_wilcoxon"]),
-        "q_sign": _bh(out["p_sign"]),
+        "q": bh_qvalues(out["p_wilcoxon"]),
+        "q_sign": bh_qvalues(out["p_sign"]),
         "direction": np.where(mean > 0, "chosen", np.where(mean < 0, "rejected", "none")),
     }, columns=STATS_COLUMNS)
 
@@ -498,7 +502,7 @@ def preference_regression(chosen: pd.DataFrame, rejected: pd.DataFrame, *,
     table[numeric] = table[numeric].astype(float)
     table["replicated"] = ((np.sign(table["effect"]) == np.sign(table["coef_discovery"]))
                            & (table["coef_discovery"] != 0) & (table["p"] < 0.05))
-    table["q"] = _bh(table["p"].to_numpy())
+    table["q"] = bh_qvalues(table["p"].to_numpy())
     table["note"] = table["note"].fillna("")
     return table
 
@@ -513,7 +517,9 @@ def plot_volcano(stats: pd.DataFrame, *, effect: str = "d", p: str = "q",
     Points are coloured "chosen" / "rejected" when ``p < alpha`` (by the sign of ``effect``)
     and "not significant" otherwise; a dashed line marks -log10(alpha). The hover shows the
     label, effect, p and, when the table has them, ``effect`` and its CI. p = 0 is drawn at
-    the smallest positive float. Returns a plotly ``go.Figure``.
+    the smallest positive float; an infinite effect (``d`` of a gap that is the same in every
+    pair) is drawn as a triangle at the edge of the plot, on its side, and hovers as inf.
+    Returns a plotly ``go.Figure``.
     """
     import plotly.graph_objects as go
 
@@ -524,12 +530,15 @@ def plot_volcano(stats: pd.DataFrame, *, effect: str = "d", p: str = "q",
     pv = stats[p].to_numpy(dtype=float)
     y = -np.log10(np.clip(pv, np.finfo(float).tiny, None))
     eff = stats[effect].to_numpy(dtype=float)
+    finite = np.isfinite(eff)
+    edge = 1.15 * max(1.0, float(np.abs(eff[finite]).max()) if finite.any() else 1.0)
+    x = np.where(np.isinf(eff), np.sign(eff) * edge, eff)
     group = np.where(pv < alpha, np.where(eff > 0, "chosen", np.where(eff < 0, "rejected",
                                                                          "not significant")),
                      "not significant")
     extra = [c for c in ("effect", "ci_low", "ci_high") if c in stats and c != effect]
-    hover = f"%{{text}}<br>{effect}=%{{x:.3g}}<br>{p}=%{{customdata[0]:.3g}}"
-    for j, c in enumerate(extra, start=1):
+    hover = f"%{{text}}<br>{effect}=%{{customdata[1]:.3g}}<br>{p}=%{{customdata[0]:.3g}}"
+    for j, c in enumerate(extra, start=2):
         hover += f"<br>{c}=%{{customdata[{j}]:.3g}}"
     colours = {"chosen": "#1f77b4", "rejected": "#d62728", "not significant": "#b0b0b0"}
     fig = go.Figure()
@@ -539,9 +548,11 @@ def plot_volcano(stats: pd.DataFrame, *, effect: str = "d", p: str = "q",
             continue
         sub = stats[m]
         fig.add_trace(go.Scatter(
-            x=eff[m], y=y[m], mode="markers", name=name, marker={"color": colour, "size": 7},
+            x=x[m], y=y[m], mode="markers", name=name,
+            marker={"color": colour, "size": 7, "symbol": np.where(
+                np.isinf(eff[m]), np.where(eff[m] > 0, "triangle-right", "triangle-left"), "circle").tolist()},
             text=sub[label].astype(str), customdata=np.column_stack(
-                [pv[m]] + [sub[c].to_numpy(dtype=float) for c in extra]),
+                [pv[m], eff[m]] + [sub[c].to_numpy(dtype=float) for c in extra]),
             hovertemplate=hover + "<extra></extra>"))
     fig.add_hline(y=-np.log10(alpha), line_dash="dash", line_color="grey",
                   annotation_text=f"{p} = {alpha}")

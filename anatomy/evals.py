@@ -12,7 +12,9 @@ lists); returns
   search, ``concepts.annotate``), ``direction_scorer`` (projection of the
   response tokens on ``probes.Direction`` vectors) and ``sae_scorer`` (SAE
   concept clusters, the lens that predicted the shift);
-- health metrics over a corpus of responses: ``distinct_n`` and ``repetition_rate``.
+- health metrics over a corpus of responses: ``distinct_n``, ``repetition_rate`` and
+  ``perplexity`` (of the rollouts under a fixed model, e.g. the pre-DPO one: a policy
+  that drifts into gibberish gets a high perplexity even when its n-grams are varied).
 
 The scores feed ``predict.observed_shift`` (before vs after DPO) and
 ``predict.compare`` (predicted vs observed, METHOD §4).
@@ -41,9 +43,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .cache import _forward_sequences
+from .fingerprint import weights_fingerprint
 from .models import format_pair, format_prompt, generation_model
 
-__all__ = ["annotator_scorer", "direction_scorer", "distinct_n", "measure", "repetition_rate",
+__all__ = ["annotator_scorer", "direction_scorer", "distinct_n", "measure", "perplexity", "repetition_rate",
            "rollouts", "sae_scorer"]
 
 Scorer = Callable[[pd.DataFrame], pd.DataFrame]
@@ -329,20 +332,8 @@ def annotator_scorer(concepts: Iterable[str] | str | None = None, *, tokenizer=N
     return _named(score, "annotator_scorer")
 
 
-def _weights_fingerprint(model, stride: int = 97) -> tuple[float, ...]:
-    """A checksum of the model's weights, to detect training in place.
-
-    The float64 sum of every ``stride``-th element of each parameter (and the
-    parameter count): cheap, and any optimiser step moves it. It does not see a
-    surgical edit of a weight it skips, nor adapters added beside the weights.
-    """
-    with torch.no_grad():
-        sums = [float(p.detach().reshape(-1)[::stride].sum(dtype=torch.float64)) for p in model.parameters()]
-    return (len(sums), *sums)
-
-
-def _check_lens(model, fingerprint: tuple[float, ...], name: str) -> None:
-    if _weights_fingerprint(model) != fingerprint:
+def _check_lens(model, fingerprint: str, name: str) -> None:
+    if weights_fingerprint(model) != fingerprint:
         raise RuntimeError(
             f"{name}: the lens model's weights changed since the scorer was built (was the policy trained "
             "in place?). Scorers must read with the pre-DPO model: build them on a separate instance "
@@ -405,7 +396,7 @@ def direction_scorer(model, directions, *, pooling: Literal["mean", "max"] = "me
             raise ValueError(f"direction {name!r} field 'hook': None; set the hook it was read at")
     hooks = sorted({d.hook for _, d in items})
     units = {name: (d.hook, (d.vector.detach().float() / d.vector.float().norm())) for name, d in items}
-    fingerprint = _weights_fingerprint(model)
+    fingerprint = weights_fingerprint(model)
 
     def score(rollouts: pd.DataFrame) -> pd.DataFrame:
         _check_lens(model, fingerprint, "direction_scorer")
@@ -465,7 +456,7 @@ def sae_scorer(model, sae, clusters: pd.DataFrame, *, stat: Literal["freq", "max
     param = next(sae.parameters())
     M = torch.zeros(d_sae, n_clusters, dtype=torch.float32, device=param.device)
     M[torch.tensor(member["feature"].to_numpy()), torch.tensor(member["cluster"].to_numpy())] = 1.0
-    fingerprint = _weights_fingerprint(model)
+    fingerprint = weights_fingerprint(model)
 
     @torch.no_grad()
     def score(rollouts: pd.DataFrame) -> pd.DataFrame:
@@ -567,3 +558,32 @@ def repetition_rate(texts: Iterable[str], *, min_repeats: int = 3, max_period: i
             wordlike = [any(c.isalnum() for c in tokenizer.decode([t])) for t in toks]
         flags.append(_has_loop(toks, min_repeats, max_period, wordlike))
     return float(np.mean(flags))
+
+
+def perplexity(model, rollouts: pd.DataFrame, *, batch_size: int = 16, per_rollout: bool = False,
+               progress: bool = False) -> float | pd.DataFrame:
+    """Perplexity of the rollouts' responses under ``model`` (read it with the pre-DPO model).
+
+    ``exp(Σ NLL / Σ tokens)`` over every rollout's response and end-of-turn suffix given
+    its prompt (``logprobs.sequence_logprobs``), i.e. the token-weighted corpus
+    perplexity. Coherent text from the same family as the model's own stays near its
+    own rollouts' value; degenerate or garbled output rises.
+
+    Args:
+        model: the scoring model (``TransformerBridge`` or a Hugging Face model with ``model.tokenizer``).
+        rollouts: a ``rollouts`` DataFrame (``prompt``, ``response``).
+        per_rollout: return the per-rollout DataFrame of ``sequence_logprobs`` (``logp``,
+            ``n_tokens``, ``nll_per_token``, with the rollouts' index) instead.
+    """
+    from .logprobs import sequence_logprobs
+
+    missing = [c for c in ("prompt", "response") if c not in rollouts.columns]
+    if missing:
+        raise ValueError(f"rollouts lacks column(s) {missing}; columns: {list(rollouts.columns)}")
+    if len(rollouts) == 0:
+        raise ValueError("rollouts is empty")
+    df = sequence_logprobs(model, [[dict(m) for m in p] for p in rollouts["prompt"]], list(rollouts["response"]),
+                           batch_size=batch_size, progress=progress).set_axis(rollouts.index)
+    if per_rollout:
+        return df
+    return float(np.exp(-df["logp"].sum() / df["n_tokens"].sum()))

@@ -631,6 +631,7 @@ def _top_contexts(model, sae, pairs, feature_ids, *, top_k, window, hook, batch_
     """One streaming pass: per feature a heap of its ``top_k`` (pair, span) maxima with windows,
     and the corpus token counts."""
     hook = hook or sae_hook(sae)
+    check_sae_fits(sae, model, hook)
     fids = torch.as_tensor(np.asarray(feature_ids, dtype=np.int64))
     F = len(fids)
     heaps: list[list] = [[] for _ in range(F)]

@@ -3,7 +3,7 @@
 Takes the SAE lens's per-span summaries (`anatomy.features.PairFeatures`: per pair and span,
 each feature's firing frequency, ``csr_matrix[n_pairs, d_sae]``) and its concept clusters
 (`anatomy.features.cluster_features`: a DataFrame with columns ``feature``, ``cluster``, -1 =
-unclustered); returns pandas DataFrames of tested hypotheses and HTML of example pairs.
+unclustered); returns pandas DataFrames of tested hypotheses (examples are drawn by `anatomy.viz`).
 METHOD.md §3.4 (global view) and §3.5 (prompt-conditioned view) are the spec.
 
 Global (feature-conditioned) view, METHOD §3.4:
@@ -22,8 +22,8 @@ Prompt-conditioned view, METHOD §3.5:
 Output:
 - `hypotheses_table(u, global_rows, prompt_rows)` — one tidy table: labels, direction,
   effect with CI, p, q, replication, n, representative pair ids.
-- `show_examples(pairs, ids, highlight=...)` — chosen | rejected side by side, the concept marked.
-- `token_feature_scores(model, sae, pairs, feature_ids)` — per-token concept activity (for highlight).
+- `token_feature_scores(model, sae, pairs, feature_ids)` — per-token concept activity, for
+  `anatomy.viz.show_examples(pairs, ids, highlight=scores)`.
 Helpers: `spherical_kmeans`, `split_halves`, `length_gap`, `mean_disparity` (covariates).
 
 Decisions (documented where they are made):
@@ -41,9 +41,7 @@ Decisions (documented where they are made):
 
 from __future__ import annotations
 
-import html
-import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -51,7 +49,7 @@ import scipy.sparse as sp
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from .contrast import paired_stats
+from .contrast import bh_qvalues, paired_stats
 from .features import PairFeatures, cluster_scores, membership_matrix
 
 __all__ = [
@@ -63,7 +61,6 @@ __all__ = [
     "prompt_clusters",
     "prompt_conditioned_hypotheses",
     "rank_hypotheses",
-    "show_examples",
     "signed_disparity",
     "spherical_kmeans",
     "split_halves",
@@ -406,14 +403,6 @@ def _welch(m: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             "ci_low": delta - half_width, "ci_high": delta + half_width}
 
 
-def _bh(p: np.ndarray) -> np.ndarray:
-    q = np.full(len(p), np.nan)
-    ok = ~np.isnan(p)
-    if ok.any():
-        q[ok] = multipletests(p[ok], method="fdr_bh")[1]
-    return q
-
-
 def _replication(delta_a: np.ndarray, delta_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Same non-zero sign in both halves; Δ^min = that sign x min(|Δ^A|, |Δ^B|), else 0."""
     sa, sb = np.sign(delta_a), np.sign(delta_b)
@@ -467,7 +456,7 @@ def _in_vs_out(u: pd.DataFrame, labels, *, view: str, min_size: int, groups, see
         "delta_min": delta_min.ravel(),
         "replicated": replicated.ravel(),
     })
-    table["q"] = _bh(table["p"].to_numpy())
+    table["q"] = bh_qvalues(table["p"].to_numpy())
     table["direction"] = _direction(table["effect"].to_numpy())
     table["test"] = "welch: in vs out"
     order = np.lexsort((-np.abs(table["statistic"].to_numpy()),
@@ -629,7 +618,7 @@ def rank_hypotheses(u: pd.DataFrame, labels, *, conditional: pd.DataFrame | None
     })
     parts = [t for t in (dataset, conditional[HYPOTHESIS_COLUMNS]) if len(t)]
     table = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].copy()
-    table["q"] = _bh(table["p"].to_numpy(dtype=np.float64))
+    table["q"] = bh_qvalues(table["p"].to_numpy(dtype=np.float64))
     table["impact"] = np.abs(table["delta_min"].to_numpy(dtype=np.float64)) * table["n"] / n
     passes = (table["replicated"].astype(bool) & table["consistent"].astype(bool)
               & (table["q"] <= alpha))
@@ -766,129 +755,6 @@ def hypotheses_table(u: pd.DataFrame, global_rows: pd.DataFrame | None = None,
 
 
 # ---------------------------------------------------------------- examples, highlighted
-Span = tuple[int, int]
-Highlight = (Callable[[str], Iterable[Span]] | str | re.Pattern
-             | Mapping[str, Mapping[str, tuple[Sequence[str], Sequence[float]]]] | None)
-
-
-def _pair_rows(pairs) -> dict[str, dict]:
-    if isinstance(pairs, pd.DataFrame):
-        rows = pairs.to_dict("records")
-    else:
-        rows = [dict(p) for p in pairs]
-    out = {}
-    for i, row in enumerate(rows):
-        out[str(row.get("id", i))] = row
-    return out
-
-
-def _prompt_text(prompt) -> str:
-    if isinstance(prompt, str):
-        return prompt
-    if isinstance(prompt, Sequence):
-        users = [m.get("content", "") for m in prompt if isinstance(m, Mapping) and m.get("role") == "user"]
-        return users[-1] if users else "\n".join(str(m.get("content", "")) for m in prompt
-                                                   if isinstance(m, Mapping))
-    return str(prompt)
-
-
-def _mark_spans(text: str, spans: Iterable[Span]) -> str:
-    """Escaped text with the (merged) character spans wrapped in <mark>."""
-    cuts = sorted((max(0, int(a)), min(len(text), int(b))) for a, b in spans)
-    merged: list[list[int]] = []
-    for a, b in cuts:
-        if b <= a:
-            continue
-        if merged and a <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], b)
-        else:
-            merged.append([a, b])
-    out, pos = [], 0
-    for a, b in merged:
-        out.append(html.escape(text[pos:a]))
-        out.append(f'<mark class="anatomy-concept">{html.escape(text[a:b])}</mark>')
-        pos = b
-    out.append(html.escape(text[pos:]))
-    return "".join(out)
-
-
-def _mark_tokens(tokens: Sequence[str], scores: Sequence[float]) -> str:
-    """Escaped tokens; those with a positive score in <mark>, opacity = score / max score."""
-    scores = np.asarray(scores, dtype=np.float64)
-    vmax = float(scores.max()) if len(scores) and scores.max() > 0 else 1.0
-    out = []
-    for tok, s in zip(tokens, scores):
-        text = html.escape(tok)
-        if s > 0:
-            alpha = min(1.0, s / vmax)
-            out.append(f'<mark class="anatomy-concept" title="{s:.3g}" '
-                       f'style="background: rgba(255,140,0,{0.15 + 0.85 * alpha:.2f})">{text}</mark>')
-        else:
-            out.append(text)
-    return "".join(out)
-
-
-def _render(text: str, pid: str, side: str, highlight) -> str:
-    if highlight is None:
-        return html.escape(text)
-    if isinstance(highlight, (str, re.Pattern)):
-        pattern = re.compile(highlight) if isinstance(highlight, str) else highlight
-        return _mark_spans(text, (m.span() for m in pattern.finditer(text)))
-    if isinstance(highlight, Mapping):
-        entry = highlight.get(pid, {}).get(side)
-        if entry is None:
-            return html.escape(text)
-        tokens, scores = entry
-        return _mark_tokens(tokens, scores)
-    if callable(highlight):
-        return _mark_spans(text, highlight(text))
-    raise ValueError("`highlight` must be None, a regex, a callable text -> [(start, end)], or "
-                     "token scores from token_feature_scores")
-
-
-def show_examples(pairs, pair_ids: Sequence[str], *, highlight: Highlight = None,
-                  title: str | None = None):
-    """Example pairs, chosen and rejected side by side, the concept's text marked.
-
-    pairs: the dataset (a `datasets.Dataset`, a list of dicts or a DataFrame with id,
-        prompt, chosen, rejected). pair_ids: which pairs, in order (e.g. the ``examples`` of
-        a `hypotheses_table` row).
-    highlight: None; a regex (str or compiled) whose matches are marked; a callable
-        text -> [(char_start, char_end), ...]; or `token_feature_scores` output (per pair id
-        and side, tokens and scores: tokens with a score > 0 are marked, shaded by score).
-    All text is HTML-escaped; marked text is in ``<mark class="anatomy-concept">``.
-    Returns an ``IPython.display.HTML`` (its ``.data`` is the HTML string). Raises
-    ValueError naming a pair id that is not in ``pairs``.
-    """
-    from IPython.display import HTML
-
-    rows = _pair_rows(pairs)
-    missing = [p for p in pair_ids if str(p) not in rows]
-    if missing:
-        raise ValueError(f"pair id(s) {missing[:5]} not in `pairs`")
-    cell = "vertical-align: top; white-space: pre-wrap; padding: 4px 8px; width: 50%"
-    parts = ['<div class="anatomy-examples" style="font-family: sans-serif">']
-    if title:
-        parts.append(f"<h3>{html.escape(title)}</h3>")
-    for pid in pair_ids:
-        pid = str(pid)
-        row = rows[pid]
-        for field in ("chosen", "rejected"):
-            if not isinstance(row.get(field), str):
-                raise ValueError(f"pair {pid!r} field {field!r}: missing or not text")
-        prompt = html.escape(_prompt_text(row.get("prompt", "")))
-        parts.append(
-            f'<div class="anatomy-pair" style="margin: 8px 0; border-top: 1px solid #ccc">'
-            f"<p><b>{html.escape(pid)}</b> — <i>{prompt}</i></p>"
-            f'<table style="width: 100%; table-layout: fixed"><tr><th>chosen</th><th>rejected</th></tr>'
-            f'<tr><td class="anatomy-chosen" style="{cell}">'
-            f"{_render(row['chosen'], pid, 'chosen', highlight)}</td>"
-            f'<td class="anatomy-rejected" style="{cell}">'
-            f"{_render(row['rejected'], pid, 'rejected', highlight)}</td></tr></table></div>")
-    parts.append("</div>")
-    return HTML("".join(parts))
-
-
 def token_feature_scores(model, sae, pairs, feature_ids: Sequence[int], *, hook: str | None = None,
                          batch_tokens: int = 4096) -> dict[str, dict[str, tuple[list[str], np.ndarray]]]:
     """Per response token, the summed SAE activation of ``feature_ids`` (a concept's features).
@@ -900,7 +766,7 @@ def token_feature_scores(model, sae, pairs, feature_ids: Sequence[int], *, hook:
 
     Returns ``{pair_id: {"chosen": (tokens, scores), "rejected": (tokens, scores)}}`` over the
     response span (tokens decoded one by one, scores a float array), ready for
-    ``show_examples(..., highlight=scores)``.
+    ``anatomy.viz.show_examples(..., highlight=scores)``.
     """
     import torch
 

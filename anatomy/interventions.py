@@ -55,7 +55,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -66,7 +68,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 __all__ = ["ConceptRef", "Decision", "INOCULATION", "METHODS", "Plan", "TrainInputs", "compile_plan",
-           "concept_scores", "concept_spans", "concept_vector", "steering_hook", "ablation_hook"]
+           "concept_scores", "concept_spans", "concept_vector", "steering_hook", "ablation_hook",
+           "steered_generation_model"]
 
 ACTIONS = ("allow", "explain_away", "amplify")
 LENSES = ("sae", "direction", "annotator")
@@ -297,8 +300,6 @@ def concept_spans(text: str, concept: str) -> list[tuple[int, int]]:
     refusal phrases, URLs, em dashes, and whole lines for headers, list items, tables and
     rules.
     """
-    import re
-
     from . import concepts as C
 
     if concept not in C.ANNOTATORS:
@@ -440,6 +441,40 @@ def ablation_hook(vector: Tensor) -> Callable:
         return acts - (acts @ u)[..., None] * u
 
     return ablate
+
+
+@contextmanager
+def steered_generation_model(model, hook: str, vector: Tensor, alpha: float) -> Iterator:
+    """A plain Hugging Face twin of ``model`` (``models.generation_model``) that generates steered.
+
+    Inside the ``with`` block the residual stream after the layer of ``hook``
+    (``blocks.{L}.hook_resid_post``) gets ``+ alpha · unit(vector)`` at every position;
+    the hook is removed on exit, errors included. Pass the twin to ``evals.rollouts``
+    with ``tokenizer=model.tokenizer``.
+    """
+    from .models import generation_model
+
+    m = re.fullmatch(r"blocks\.(\d+)\.hook_resid_post", hook)
+    if m is None:
+        raise ValueError(f"steered generation reads hooks 'blocks.L.hook_resid_post', got {hook!r}")
+    gen = generation_model(model)
+    layers = gen.get_decoder().layers
+    layer = int(m.group(1))
+    if layer >= len(layers):
+        raise ValueError(f"hook {hook!r}: the model has {len(layers)} layers")
+    u = vector.detach().float().reshape(-1)
+    u = u / u.norm()
+
+    def add(module, args, output):
+        h = output[0] if isinstance(output, tuple) else output
+        h = h + alpha * u.to(device=h.device, dtype=h.dtype)
+        return (h, *output[1:]) if isinstance(output, tuple) else h
+
+    handle = layers[layer].register_forward_hook(add)
+    try:
+        yield gen
+    finally:
+        handle.remove()
 
 
 # ----------------------------------------------------------------------------- compile
@@ -592,6 +627,7 @@ def compile_plan(
     seed: int = 0,
     beta: float = 0.1,
     effective: bool = False,
+    ref_logps: Tensor | None = None,
     batch_size: int = 8,
     progress: bool = False,
 ) -> TrainInputs:
@@ -612,6 +648,8 @@ def compile_plan(
         beta: the DPO β the run will use (steering offsets are ``β·ΔA``).
         effective: also compute ``effective_offsets`` (``β·ΔA`` of the policy-side hooks and
             prompts at the first step; two passes over the pairs) for ``predict_shift(plan=)``.
+        ref_logps: ``pair_logprobs(model, pairs)`` if already computed (the unsteered
+            log-probs that steering and ``effective`` subtract), to skip that pass.
 
     Returns:
         ``TrainInputs`` whose ``summary`` says, per decision, what it changed.
@@ -638,7 +676,7 @@ def compile_plan(
     token_share: dict = {}
     summary: dict = {"decisions": []}
     rng = np.random.default_rng(seed)
-    steered_vectors: list[tuple[str, Tensor, np.ndarray, float, dict]] = []
+    steered_vectors: list[tuple[str, Tensor, np.ndarray, float, float, dict]] = []
     any_offsets = any_weights = False
 
     for k, d in enumerate(plan.decisions):
@@ -680,7 +718,7 @@ def compile_plan(
                 any_weights = True
         elif d.method == "steering":
             hook, u = concept_vector(d.concept, directions=directions, sae=sae, diagnosis=diagnosis)
-            steered_vectors.append((hook, u, scope, sign * d.strength, row))
+            steered_vectors.append((hook, u, scope, d.strength, sign, row))
             row["hook"] = hook
         elif d.method == "inoculation":
             inoculate.append((d, scope))
@@ -706,19 +744,23 @@ def compile_plan(
             row["hook"] = hook
         summary["decisions"].append(row)
 
-    if steered_vectors:  # one steered pass per scope pattern: A = log π0(steered) − log π0
-        base = pair_logprobs(model, pairs, batch_size=batch_size, progress=progress)
+    if steered_vectors:  # one steered pass per (scope, action): A = log π0(steered) − log π0
+        if ref_logps is None:
+            ref_logps = pair_logprobs(model, pairs, batch_size=batch_size, progress=progress)
+        base = torch.as_tensor(ref_logps, dtype=torch.float64)
+        if base.shape != (n, 2):
+            raise ValueError(f"field 'ref_logps': need Tensor[{n}, 2], got shape {tuple(base.shape)}")
         groups: dict[bytes, list] = {}
         for item in steered_vectors:
-            groups.setdefault(item[2].tobytes(), []).append(item)
+            groups.setdefault((item[2].tobytes(), item[4]), []).append(item)
         for group in groups.values():
             scope = group[0][2]
             sel = [pairs[i] for i in np.flatnonzero(scope)]
             lp = pair_logprobs(model, sel, batch_size=batch_size, progress=progress,
-                               hooks=[(h, steering_hook(u, m)) for h, u, _, m, _ in group])
+                               hooks=[(h, steering_hook(u, m)) for h, u, _, m, _, _ in group])
             a = (lp - base[torch.as_tensor(np.flatnonzero(scope))]).numpy()
             o = np.zeros(n)
-            o[scope] = beta * (a[:, 0] - a[:, 1])
+            o[scope] = group[0][4] * beta * (a[:, 0] - a[:, 1])
             offsets += o
             any_offsets = True
             for *_, row in group:  # decisions steered together share one pass (their vectors add)
@@ -734,7 +776,8 @@ def compile_plan(
         masks = None
     eff = None
     if effective and (hooks or prompts is not None):
-        eff = _effective_offsets(model, pairs, hooks, prompts, beta=beta, batch_size=batch_size, progress=progress)
+        eff = _effective_offsets(model, pairs, hooks, prompts, beta=beta, batch_size=batch_size, progress=progress,
+                                 ref_logps=ref_logps)
     summary.update(n_pairs=n, n_offsets=int(np.count_nonzero(offsets)) if any_offsets else 0,
                    n_weight_changed=int((weights != 1).sum()) if any_weights else 0,
                    n_hooks=len(hooks), n_prompts_changed=n_inoc,
@@ -752,11 +795,13 @@ def compile_plan(
     )
 
 
-def _effective_offsets(model, pairs, hooks, prompts, *, beta, batch_size, progress) -> np.ndarray:
+def _effective_offsets(model, pairs, hooks, prompts, *, beta, batch_size, progress, ref_logps=None) -> np.ndarray:
     """``β·Δθ`` at the first step: the policy (hooks, prompts) against the reference (neither)."""
     from .logprobs import pair_logprobs
 
-    ref = pair_logprobs(model, pairs, batch_size=batch_size, progress=progress)
+    ref = ref_logps if ref_logps is not None else pair_logprobs(model, pairs, batch_size=batch_size,
+                                                                progress=progress)
+    ref = torch.as_tensor(ref, dtype=torch.float64)
     seen = pairs if prompts is None else [p if q is None else {**p, "prompt": q} for p, q in zip(pairs, prompts)]
     pol = pair_logprobs(model, seen, batch_size=batch_size, progress=progress, hooks=hooks or None)
     a = (pol - ref).numpy()

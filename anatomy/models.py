@@ -161,6 +161,8 @@ def load_model(
     Returns:
         A ``TransformerBridge`` in eval mode, with hook names such as
         ``blocks.12.hook_resid_post``; ``bridge.tokenizer`` has the chat template.
+        Its ``generate`` takes TransformerLens's arguments and generates correctly
+        (``correct_generate``).
     """
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -174,6 +176,76 @@ def load_model(
         dtype=dtype or torch.float32,
     )
     bridge.eval()
+    if getattr(bridge.tokenizer, "model_max_length", 0) > 1e6:  # the bridge's tokenizer copy: "unknown"
+        bridge.tokenizer.model_max_length = int(bridge.cfg.n_ctx)
+    return correct_generate(bridge)
+
+
+# TransformerLens generate() arguments the Hugging Face route cannot honour: they take the bridge's own loop
+_BRIDGE_ONLY = ("output_logits", "return_cache", "return_input_tokens", "names_filter", "pixel_values",
+                "stop_strings", "stopping_criteria", "forced_bos_token_id")
+
+
+def _hooks_attached(model) -> bool:
+    """Whether a user hook is on any of the bridge's hook points (its own internal hooks do not count)."""
+    points = getattr(model, "hook_dict", {}).values()
+    return any(p._forward_hooks or p._forward_pre_hooks or getattr(p, "_backward_hooks", None) for p in points)
+
+
+def correct_generate(bridge):
+    """Give ``bridge.generate`` (TransformerLens's arguments) output that is right under transformers 5.x.
+
+    The bridge's own generate reads nothing back from its KV cache there, so greedy text
+    degenerates after the first token (``'1-----------'`` for "Name three colours.").
+    The replacement keeps the signature and return types. Without hooks attached it runs
+    ``generation_model(bridge).generate`` (Hugging Face, KV cache, the same weights); with
+    hooks attached (``model.hooks(...)``, steering), or an argument only the bridge has
+    (``freq_penalty``, ``return_cache``, ``names_filter``, ...), it runs the bridge's loop
+    with ``use_past_kv_cache=False``: right, but each step recomputes the whole sequence.
+    Returns ``bridge``.
+    """
+    original = bridge.generate
+    plain = []  # generation_model(bridge), built on first use; it shares the weights
+
+    def generate(input="", max_new_tokens: int = 10, stop_at_eos: bool = True, eos_token_id=None,
+                 do_sample: bool = True, top_k=None, top_p=None, temperature: float = 1.0,
+                 freq_penalty: float = 0.0, repetition_penalty: float = 1.0, use_past_kv_cache: bool = True,
+                 prepend_bos=None, padding_side=None, return_type="input", verbose: bool = True,
+                 attention_mask=None, **rest):
+        args = dict(max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos, eos_token_id=eos_token_id,
+                    do_sample=do_sample, top_k=top_k, top_p=top_p, temperature=temperature,
+                    repetition_penalty=repetition_penalty, prepend_bos=prepend_bos, return_type=return_type)
+        if freq_penalty or any(rest.get(k) not in (None, False) for k in _BRIDGE_ONLY) or set(rest) - set(_BRIDGE_ONLY) \
+                or _hooks_attached(bridge):
+            return original(input, freq_penalty=freq_penalty, use_past_kv_cache=False, padding_side=padding_side,
+                            verbose=verbose, attention_mask=attention_mask, **args, **rest)
+        if isinstance(input, (list, tuple)):  # one string at a time: no padding to get wrong
+            return [generate(x, **args) for x in input]
+        if not plain:
+            plain.append(generation_model(bridge))
+        tok = bridge.tokenizer
+        tokens = (bridge.to_tokens(input, prepend_bos=prepend_bos, truncate=False) if isinstance(input, str)
+                  else torch.as_tensor(input))
+        tokens = tokens[None] if tokens.dim() == 1 else tokens
+        kw = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "repetition_penalty": repetition_penalty,
+              "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id}
+        if do_sample:
+            kw.update(temperature=temperature, top_k=top_k or 0, top_p=1.0 if top_p is None else top_p)
+        if stop_at_eos:
+            kw["eos_token_id"] = eos_token_id if eos_token_id is not None else tok.eos_token_id
+        else:
+            kw["min_new_tokens"] = max_new_tokens
+        device = next(plain[0].parameters()).device
+        mask = None if attention_mask is None else attention_mask.to(device)
+        with torch.no_grad():
+            out = plain[0].generate(tokens.to(device), attention_mask=mask, **kw)
+        if return_type == "tokens" or (return_type == "input" and not isinstance(input, str)):
+            return out
+        texts = [tok.decode(t, skip_special_tokens=True) for t in out]
+        return texts[0] if len(texts) == 1 else texts
+
+    generate.__doc__ = correct_generate.__doc__
+    bridge.generate = generate
     return bridge
 
 

@@ -25,7 +25,12 @@ import json
 import random
 import re
 import time
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
+
+import numpy as np
+import pandas as pd
 
 SPLITS = ("train", "heldout", "clean")
 SHARES = {"heldout": 0.15, "clean": 0.15}  # train takes the rest
@@ -300,6 +305,366 @@ def write_card(data_dir: str | Path | None = None) -> Path:
     head, rest = text.split(START, 1)
     path.write_text(f"{head}{START}\n{card_tables(d)}{END}{rest.split(END, 1)[1]}", encoding="utf-8")
     return path
+
+
+# ----------------------------------------------------------------------- scoring a diagnosis (GROUND TRUTH)
+# The concepts scored, in the order of the per-concept table; the recall set are those planted
+# with |rate| >= 10%; the controls are planted equally on both sides (rate 0).
+CONCEPTS = ("bold", "header", "list_item", "emoji", "em_dash", "exclamation", "horizontal_rule", "table",
+            "url", "refusal", "flattery", "hedge", "agreement")
+RECALL_CONCEPTS = ("bold", "list_item", "emoji", "header", "exclamation", "flattery", "hedge")
+CONTROLS = ("table", "horizontal_rule")
+PLANTED = tuple(c for c in CONCEPTS if c not in CONTROLS)  # a non-zero planted rate
+REJECTED_KINDS = KINDS
+AUROC_MATCH = 0.8
+
+
+def _as_list(pairs) -> list[dict]:
+    from .diagnose import _as_pairs
+
+    return _as_pairs(pairs)
+
+
+def response_units(pairs: list[dict]) -> pd.DataFrame:
+    """GROUND TRUTH. One row per distinct (prompt, response): row, span, truth_<concept>, kind_<k>."""
+    rows, seen = [], set()
+    for i, p in enumerate(pairs):
+        for span in ("chosen", "rejected"):
+            key = (json.dumps(p["prompt"], sort_keys=True), p[span])
+            if key in seen:
+                continue
+            seen.add(key)
+            row = {"row": i, "span": span}
+            for c in CONCEPTS:
+                row[c] = bool(p[f"{c}_{span}"])
+            for k in REJECTED_KINDS:
+                row[f"kind_{k}"] = span == "rejected" and p["rejected_kind"] == k
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def auroc_matrix(scores: np.ndarray, labels: pd.DataFrame) -> pd.DataFrame:
+    """AUROC of every score column (clusters) for every boolean label column (ties count half:
+    the Mann–Whitney U / (n_pos n_neg) that sklearn's ``roc_auc_score`` gives), from one ranking
+    of each score column (`anatomy.probes.auroc`). NaN for a label with no positive or no negative."""
+    from .probes import auroc
+
+    scores = np.asarray(scores, dtype=np.float64)
+    return pd.DataFrame(auroc(scores.reshape(len(scores), -1), labels.to_numpy(dtype=bool)),
+                        columns=labels.columns)
+
+
+def truth_rate(pairs_df: pd.DataFrame, concept: str, rows: np.ndarray | None = None) -> float:
+    """GROUND TRUTH. Chosen-only share minus rejected-only share (over ``rows``, or all pairs)."""
+    d = pairs_df if rows is None else pairs_df.iloc[rows]
+    c, r = d[f"{concept}_chosen"].astype(bool), d[f"{concept}_rejected"].astype(bool)
+    return float((c & ~r).mean() - (r & ~c).mean()) if len(d) else float("nan")
+
+
+def _scope_rows(row, labels: np.ndarray) -> np.ndarray | None:
+    return None if int(row["group"]) == -1 else np.flatnonzero(labels == int(row["group"]))
+
+
+def match_rows(table: pd.DataFrame, labels: np.ndarray, auc: pd.DataFrame, pairs_df: pd.DataFrame) -> pd.DataFrame:
+    """GROUND TRUTH. Per hypothesis row: matched concepts (right sign), intended-signal matches."""
+    out = []
+    for _, row in table.iterrows():
+        m = int(row["concept"])
+        scope = _scope_rows(row, labels)
+        sign = 1 if row["direction"] == "chosen" else -1 if row["direction"] == "rejected" else 0
+        matched, wrong_sign = [], []
+        for c in CONCEPTS:
+            if auc.at[m, c] >= AUROC_MATCH:
+                rate = truth_rate(pairs_df, c, scope)
+                (matched if sign != 0 and np.sign(rate) == sign else wrong_sign).append(c)
+        intended = [k for k in REJECTED_KINDS
+                    if (auc.at[m, f"kind_{k}"] >= AUROC_MATCH and sign == -1)
+                    or (auc.at[m, f"kind_{k}"] <= 1 - AUROC_MATCH and sign == 1)]
+        best = max(CONCEPTS, key=lambda c: auc.at[m, c])
+        out.append({"matches": ",".join(matched), "matches_wrong_sign": ",".join(wrong_sign),
+                    "matches_strict": best if best in matched else "",
+                    "matches_planted": any(c in PLANTED for c in matched),
+                    "matches_intended": ",".join(intended),
+                    "best_concept": best, "best_concept_auroc": float(auc.at[m, best])})
+    return pd.DataFrame(out, index=table.index)
+
+
+def score_diagnosis(diagnosis, pairs, *, tops: Sequence[int] = (10, 20), seed: int = 0,
+                    ungated=None) -> dict:
+    """Score a `Diagnosis` of organism pairs against their planted ground truth.
+
+    The ground-truth columns (``<concept>_chosen`` / ``<concept>_rejected``, ``family``,
+    ``rejected_kind``) are read here and only here, after discovery has returned.
+
+    pairs: the diagnosed pairs with those columns, in the diagnosis' order (a list of dicts or
+        a Dataset). ungated: the features before `gate_weak_firing`; when given,
+        ``detail["top{k}"]`` also reports ``recall_ungated_scores`` (the clusters' AUROC taken
+        on them).
+
+    Definitions (unit = one response: each pair's chosen and rejected, a response repeated under
+    one prompt counted once):
+      - a concept cluster *matches* a concept when the AUROC of its score on that unit (the sum
+        of its member features' gated firing frequency over the response, `cluster_scores`)
+        against the concept's presence is >= AUROC_MATCH (0.8);
+      - right sign: the row's direction equals the sign of the concept's ground-truth rate in
+        the row's scope (all pairs, or its data cluster);
+      - recall_top{k}: share of RECALL_CONCEPTS matched with the right sign by a top-k global row;
+      - precision_top{k}: share of the top-k global rows matching any of PLANTED, right sign;
+        ``detail`` adds a strict variant (a row matches only its best-read concept) and the rows
+        matching the intended signal (the rejected side of a truncated / repetitive / off-topic
+        pair) instead;
+      - controls_min_q: the smaller BH q (Wilcoxon, `paired_stats`) of the 0% controls (table,
+        horizontal_rule) on the annotators' counts, chosen vs rejected, over the 13 concepts.
+    Returns a dict: headline, detail, per_concept (with `lens_coverage`), links
+    (`links_on_resource_requests`), controls_sae, ranked and prompt_top (with their matches),
+    auroc (clusters x concepts), annotator_stats.
+    """
+    from .concepts import _default_tokenizer, annotate
+    from .contrast import paired_stats, preference_regression
+    from .features import cluster_scores
+
+    pairs = _as_list(pairs)
+    features = diagnosis.features
+    pairs_df = pd.DataFrame(pairs)
+    if list(pairs_df["id"].astype(str)) != [str(i) for i in features.ids]:
+        raise ValueError("score_diagnosis: `pairs` are not the diagnosed pairs in the diagnosis' order")
+    missing = [f"{c}_{s}" for c in CONCEPTS for s in ("chosen", "rejected") if f"{c}_{s}" not in pairs_df]
+    if missing or "family" not in pairs_df or "rejected_kind" not in pairs_df:
+        raise ValueError(f"score_diagnosis needs the organism's ground-truth columns; missing "
+                         f"{missing[:4] + [c for c in ('family', 'rejected_kind') if c not in pairs_df]}")
+    clusters = diagnosis.clusters
+    units = response_units(pairs)
+    rows = units["row"].to_numpy() + len(pairs) * (units["span"].to_numpy() == "rejected")
+    label_cols = list(CONCEPTS) + [f"kind_{k}" for k in REJECTED_KINDS]
+
+    def cluster_auroc(feats) -> pd.DataFrame:  # [clusters, label_cols]: each cluster's freq-sum per response
+        spans = [cluster_scores(feats, clusters, stat="freq", span=s).to_numpy() for s in ("chosen", "rejected")]
+        auc = auroc_matrix(np.vstack(spans)[rows], units[label_cols])
+        auc.index.name = "cluster"
+        return auc
+
+    auc = cluster_auroc(features)
+
+    ranked = diagnosis.ranked.copy()
+    ranked = pd.concat([ranked, match_rows(ranked, diagnosis.data_labels, auc, pairs_df)], axis=1)
+    prompt_rows = diagnosis.prompt_rows
+    prompt_top = prompt_rows.head(50).copy()
+    prompt_top = pd.concat([prompt_top, match_rows(prompt_top, diagnosis.prompt_labels, auc, pairs_df)], axis=1)
+
+    headline, detail = {}, {}
+    ungated_matches = (match_rows(ranked, diagnosis.data_labels, cluster_auroc(ungated), pairs_df)["matches"]
+                       if ungated is not None and ungated is not features else None)
+    for k in tops:
+        top = ranked.head(k)
+        found = {c: bool(any(c in m.split(",") for m in top["matches"])) for c in RECALL_CONCEPTS}
+        headline[f"recall_top{k}"] = float(np.mean(list(found.values())))
+        headline[f"precision_top{k}"] = float(top["matches_planted"].mean())
+        detail[f"top{k}"] = {
+            "recall_concepts_found": [c for c, f in found.items() if f],
+            "recall_concepts_missed": [c for c, f in found.items() if not f],
+            "n_match_planted": int(top["matches_planted"].sum()),
+            "n_match_intended": int((top["matches_intended"] != "").sum()),
+            "n_match_planted_or_intended": int((top["matches_planted"] | (top["matches_intended"] != "")).sum()),
+            "precision_planted_or_intended": float((top["matches_planted"] | (top["matches_intended"] != "")).mean()),
+            "n_rows": int(len(top)),
+            "recall_strict": float(np.mean([c in set(top["matches_strict"]) for c in RECALL_CONCEPTS])),
+            "precision_strict": float(top["matches_strict"].isin(PLANTED).mean()),
+        }
+        if ungated_matches is not None:  # the same rows, the clusters read on the features before the gate
+            detail[f"top{k}"]["recall_ungated_scores"] = float(np.mean(
+                [any(c in m.split(",") for m in ungated_matches.head(k)) for c in RECALL_CONCEPTS]))
+
+    # per-concept paired tests on annotator counts (text concepts: the annotators are exact)
+    ann_c = annotate([p["chosen"] for p in pairs], list(CONCEPTS))
+    ann_r = annotate([p["rejected"] for p in pairs], list(CONCEPTS))
+    ann_c.index = ann_r.index = pairs_df["id"]
+    stats = paired_stats(ann_c.astype(float), ann_r.astype(float), n_boot=1000, seed=seed).set_index("concept")
+    headline["controls_min_q"] = float(stats.loc[list(CONTROLS), "q"].min())
+    tokenizer = _default_tokenizer()  # once, for both sides' lengths
+    lengths_c = annotate([p["chosen"] for p in pairs], ["length"], tokenizer=tokenizer)["length"].to_numpy()
+    lengths_r = annotate([p["rejected"] for p in pairs], ["length"], tokenizer=tokenizer)["length"].to_numpy()
+    present_c = (ann_c > 0).astype(float).assign(length=np.log1p(lengths_c))
+    present_r = (ann_r > 0).astype(float).assign(length=np.log1p(lengths_r))
+    reg = preference_regression(present_c, present_r, covariates=("length",), seed=seed,
+                                progress=False).set_index("concept")
+
+    # per-concept table
+    per_concept = []
+    ranked_rows = ranked.reset_index(drop=True)
+    for c in CONCEPTS:
+        best = int(auc[c].idxmax())
+        matching = auc.index[auc[c] >= AUROC_MATCH].tolist()
+        hit = ranked_rows[ranked_rows["matches"].str.split(",").apply(lambda m: c in m)]
+        row = {"concept": c, "truth_rate": truth_rate(pairs_df, c),
+               "annotator_mean_gap": float(stats.at[c, "effect"]),
+               "annotator_ci_low": float(stats.at[c, "ci_low"]), "annotator_ci_high": float(stats.at[c, "ci_high"]),
+               "annotator_q_wilcoxon": float(stats.at[c, "q"]),
+               "annotator_q_sign": float(stats.at[c, "q_sign"]),
+               "annotator_d_z": float(stats.at[c, "d"]),
+               "bt_coef_heldout_beyond_length": float(reg.at[c, "effect"]),
+               "bt_p_heldout": float(reg.at[c, "p"]), "bt_replicated": bool(reg.at[c, "replicated"]),
+               "best_cluster": best, "best_cluster_auroc": float(auc.at[best, c]),
+               "n_matching_clusters": len(matching),
+               "best_global_rank_right_sign": int(hit["rank"].min()) if len(hit) else None}
+        if len(hit):
+            h = hit.iloc[0]
+            row.update(best_row_scope="all pairs" if h["group"] == -1 else f"data cluster {int(h['group'])}",
+                       best_row_effect=float(h["effect"]), best_row_q=float(h["q"]),
+                       best_row_replicated=bool(h["replicated"]))
+        for k in tops:
+            row[f"in_top{k}"] = bool(len(hit) and hit["rank"].min() <= k)
+        p_hit = np.flatnonzero(prompt_top["matches"].str.split(",").apply(lambda m: c in m).to_numpy())
+        row["best_prompt_rank_right_sign"] = int(p_hit[0]) + 1 if len(p_hit) else None  # within the top 50
+        if len(p_hit):
+            h = prompt_top.iloc[p_hit[0]]
+            row.update(best_prompt_row_scope=f"prompt cluster {int(h['group'])}",
+                       best_prompt_row_effect=float(h["effect"]), best_prompt_row_q=float(h["q"]))
+        per_concept.append(row)
+    per_concept = pd.DataFrame(per_concept)
+
+    # the controls in the SAE lens: the ranked rows of the clusters that read them
+    controls_sae = {}
+    for c in CONTROLS:
+        rows_c = ranked[ranked["concept"].isin(auc.index[auc[c] >= AUROC_MATCH])]
+        controls_sae[c] = [{"cluster": int(r["concept"]), "auroc": float(auc.at[int(r["concept"]), c]),
+                            "rank": int(r["rank"]),
+                            "scope": "all pairs" if r["group"] == -1 else f"data cluster {int(r['group'])}",
+                            "effect": float(r["effect"]), "q": float(r["q"]), "replicated": bool(r["replicated"]),
+                            "best_concept": r["best_concept"]} for _, r in rows_c.iterrows()]
+    links = links_on_resource_requests(pairs_df, diagnosis, auc, ranked)
+    coverage = lens_coverage(features, clusters, units, rows, auc, per_concept, top=max(tops))
+    per_concept = per_concept.merge(coverage, on="concept", how="left")
+    return {"headline": headline, "detail": detail, "per_concept": per_concept, "links": links,
+            "controls_sae": controls_sae,
+            "ranked": ranked, "prompt_top": prompt_top, "auroc": auc, "annotator_stats": stats.reset_index()}
+
+
+def lens_coverage(features, clusters: pd.DataFrame, units: pd.DataFrame, rows: np.ndarray,
+                  auc: pd.DataFrame, per_concept: pd.DataFrame, *, top: int = 20) -> pd.DataFrame:
+    """GROUND TRUTH. Where a concept is lost, if it is: does the SAE have a feature for it, does
+    the clustering keep that feature in a cluster whose score still reads the concept, and does
+    the ranking put a matching cluster in the top ``top``?
+
+    Per concept: the single feature whose firing frequency reads it best (AUROC over the same
+    response units as the cluster match), that feature's concept cluster (-1: unclustered) and
+    the cluster's own AUROC for the concept, the number of features with AUROC >= 0.8, and
+    ``lost_at``: "sae" (no feature reaches 0.8), "clustering" (a feature does, no cluster
+    does), "ranking" (a cluster matches, no right-sign row in the top ``top``) or "" (found, or
+    a 0% control, which no row should find).
+    """
+    import scipy.sparse as sp
+
+    F = sp.vstack([features.freq["chosen"], features.freq["rejected"]]).tocsr()[rows]
+    live = np.flatnonzero(np.asarray((F > 0).sum(0)).ravel() > 0)
+    feat_auc = auroc_matrix(F[:, live].toarray(), units[list(CONCEPTS)])
+    member = clusters.set_index("feature")["cluster"]
+    found = per_concept.set_index("concept")
+    out = []
+    for c in CONCEPTS:
+        a = feat_auc[c].to_numpy()
+        best = int(live[int(np.nanargmax(a))])
+        cl = int(member.at[best])
+        rank = found.at[c, "best_global_rank_right_sign"]
+        lost = ("" if c in CONTROLS else "sae" if np.nanmax(a) < AUROC_MATCH
+                else "clustering" if found.at[c, "best_cluster_auroc"] < AUROC_MATCH
+                else "ranking" if pd.isna(rank) or rank > top else "")
+        out.append({"concept": c, "best_feature": best, "best_feature_auroc": float(np.nanmax(a)),
+                    "best_feature_cluster": cl,
+                    "best_feature_cluster_auroc": float(auc.at[cl, c]) if cl >= 0 else None,
+                    "n_features_auroc_ge_match": int((a >= AUROC_MATCH).sum()),
+                    "lost_at": lost})
+    return pd.DataFrame(out)
+
+
+def links_on_resource_requests(pairs_df: pd.DataFrame, diagnosis, auc: pd.DataFrame, ranked: pd.DataFrame) -> dict:
+    """GROUND TRUTH (url labels, family). The url-matching clusters in the resource prompt
+    clusters (prompt view) against their dataset-wide effect and best global rank."""
+    url_clusters = auc.index[auc["url"] >= AUROC_MATCH].tolist()
+    plabels = diagnosis.prompt_labels
+    share = (pd.Series(pairs_df["family"].to_numpy() == "resource").groupby(plabels).mean())
+    share = share[share.index >= 0]
+    resource = share.index[share >= 0.5].tolist() or [int(share.idxmax())]
+    prompt_rows = diagnosis.prompt_rows.reset_index(drop=True)
+    prompt_rows["rank"] = np.arange(1, len(prompt_rows) + 1)
+    rows = prompt_rows[prompt_rows["concept"].isin(url_clusters) & prompt_rows["group"].isin(resource)]
+    out = {"url_clusters": [int(c) for c in url_clusters],
+           "url_cluster_aurocs": {int(c): float(auc.at[c, "url"]) for c in url_clusters},
+           "best_url_cluster": int(auc["url"].idxmax()), "best_url_auroc": float(auc["url"].max()),
+           "resource_prompt_clusters": {int(g): float(share[g]) for g in resource},
+           "resource_pairs_in_them": int(np.isin(plabels, resource).sum()),
+           "resource_pairs_total": int((pairs_df["family"] == "resource").sum())}
+    if len(rows) == 0:
+        out["finds_links"] = False
+        out["note"] = "no url-matching concept cluster" if not url_clusters else "no prompt row tested"
+        return out
+    best = rows.sort_values("effect", ascending=False).iloc[0]
+    m = int(best["concept"])
+    raw_mean = float(diagnosis.u[m].mean())
+    cond = diagnosis.global_rows
+    cond = cond[(cond["concept"] == m) & cond["consistent"]]
+    best_cond = cond.loc[cond["effect"].abs().idxmax()] if len(cond) else None
+    global_rank = ranked.loc[ranked["concept"] == m, "rank"]
+    out.update({
+        "concept_cluster": m, "prompt_cluster": int(best["group"]), "n_in": int(best["n"]),
+        "delta_prompt": float(best["effect"]), "ci_low": float(best["ci_low"]), "ci_high": float(best["ci_high"]),
+        "q_prompt": float(best["q"]), "replicated": bool(best["replicated"]), "direction": best["direction"],
+        "mean_u_in_resource_cluster": float(best["mean_in"]), "rank_in_prompt_view": int(best["rank"]),
+        "global_mean_u": raw_mean,
+        "global_best_data_cluster_delta": float(best_cond["effect"]) if best_cond is not None else None,
+        "global_best_data_cluster_q": float(best_cond["q"]) if best_cond is not None else None,
+        "global_rank": int(global_rank.iloc[0]) if len(global_rank) else None,
+        "n_global_rows": int(len(ranked)),
+    })
+    out["finds_links"] = bool(best["direction"] == "chosen" and best["q"] <= 0.05 and best["replicated"])
+    out["ratio_prompt_to_global"] = (float(best["effect"]) / abs(raw_mean)) if raw_mean else float("inf")
+    out["global_much_weaker"] = bool(abs(raw_mean) * 3 <= float(best["effect"])
+                                      and (out["global_rank"] is None or out["global_rank"] > 20))
+    # the same question for every url-matching cluster: the best global rank any of them reaches
+    url_rows = ranked[ranked["concept"].isin(url_clusters)]
+    out["best_global_rank_any_url_cluster"] = int(url_rows["rank"].min()) if len(url_rows) else None
+    if len(url_rows):  # that row's effect, in the global ranking's own units (adjusted u)
+        r = url_rows.sort_values("rank").iloc[0]
+        out.update(best_global_url_row={"concept_cluster": int(r["concept"]), "rank": int(r["rank"]),
+                                        "scope": "all pairs" if r["group"] == -1 else f"data cluster {int(r['group'])}",
+                                        "effect": float(r["effect"]), "q": float(r["q"])},
+                   ratio_prompt_to_best_global_url_row=float(best["effect"]) / abs(float(r["effect"]))
+                   if r["effect"] else float("inf"))
+    out["definition"] = ("finds_links: the best (resource prompt cluster, url-matching concept cluster) row of "
+                         "the prompt view has direction chosen, q <= 0.05 and replicates; global_much_weaker: "
+                         "its Δ is >= 3x the cluster's dataset-wide mean u and the cluster is not in the global "
+                         "top 20")
+    return out
+
+
+def covariate_sensitivity(diagnosis, pairs, *, seed: int = 0) -> list[dict]:
+    """The global ranking re-done with each adjustment in COVARIATES (discovery's other outputs
+    kept), scored like the headline. Per adjustment: the ground-truth-free share of concepts
+    whose dataset-wide row leans chosen and has q <= 0.05, then (GROUND TRUTH) the four
+    recall / precision figures and each recall concept's best right-sign rank."""
+    from .diagnose import COVARIATES, covariate_matrix, prompt_keys
+    from .hypotheses import length_gap, mean_disparity, rank_hypotheses
+
+    pairs = _as_list(pairs)
+    features, settings = diagnosis.features, diagnosis.settings
+    u, groups = diagnosis.u, np.asarray(prompt_keys(pairs), dtype=object)
+    lg, md = length_gap(features), mean_disparity(u)
+    out = []
+    for name in COVARIATES:
+        cov = covariate_matrix(name, lg, md)
+        ranked = rank_hypotheses(u, diagnosis.data_labels, conditional=diagnosis.global_rows, covariates=cov,
+                                 groups=groups, seed=seed, n_boot=0,
+                                 redundancy=settings["redundancy"], by=settings["rank_by"])
+        wide = rank_hypotheses(u, np.full(len(u), -1), covariates=cov, groups=groups, seed=seed, n_boot=0)
+        scored = score_diagnosis(replace(diagnosis, ranked=ranked), pairs, seed=seed)
+        ranks = scored["per_concept"].set_index("concept")["best_global_rank_right_sign"]
+        out.append({"covariate": name,
+                    "dataset_wide_share_chosen": float((wide["direction"] == "chosen").mean()),
+                    "dataset_wide_share_q05": float((wide["q"] <= 0.05).mean()),
+                    **{k: scored["headline"][k] for k in ("recall_top10", "recall_top20", "precision_top10",
+                                                          "precision_top20")},
+                    "best_rank_right_sign": {c: (None if pd.isna(ranks[c]) else int(ranks[c]))
+                                             for c in RECALL_CONCEPTS}})
+    return out
 
 
 # ----------------------------------------------------------------------- build / CLI

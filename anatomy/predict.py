@@ -12,7 +12,13 @@ scores of the policy before and after DPO (``evals.measure``); returns
 - ``observed_shift``: per concept, the rollouts' activity before and after and
   the shift with a bootstrap CI that resamples prompts;
 - ``compare``: how well the prediction explains the observation (R², Pearson,
-  Spearman, slope ± SE) and a labelled scatter (plotly).
+  Spearman, slope ± SE) and a labelled scatter (plotly);
+- ``recovery``: how much of plain DPO's shift a shaped run undoes, per concept, with a
+  prompt-bootstrap CI (METHOD §5: 0 = the plain-DPO rate, 100 = the pre-DPO rate), and
+  the shaped run's change against plain DPO for untargeted concepts.
+
+``predict_shift(..., plan=inputs)`` predicts the *shaped* shift from the
+``interventions.TrainInputs`` a plan compiles to (see its docstring).
 
 Concepts are matched by name: prefix the predicted Series to match ``measure``'s
 ``<lens>:<concept>`` columns (``predict_shift(..., prefix="sae:")``).
@@ -26,7 +32,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-__all__ = ["compare", "observed_shift", "predict_shift", "predict_shift_from_features"]
+__all__ = ["compare", "observed_shift", "predict_shift", "predict_shift_from_features", "recovery"]
 
 
 def _check_finite(df: pd.DataFrame, what: str, key: pd.Index | None = None) -> None:
@@ -45,6 +51,7 @@ def predict_shift(
     method: Literal["u", "z_gap"] = "u",
     tau: float = 0.01,
     prefix: str = "",
+    plan=None,
 ) -> pd.Series:
     """The data's chosen-minus-rejected signal per concept: what DPO is predicted to teach.
 
@@ -63,8 +70,21 @@ def predict_shift(
       ddof 1; Cohen's d of the two sides). A concept constant on both sides gives
       0 if the gap is 0, else ±inf.
 
+    With ``plan`` (``interventions.TrainInputs`` from ``compile_plan`` for these pairs,
+    in the same order) the prediction is of the shaped run, to first order in the
+    DPO gradient at the first step: pair i's gradient is scaled by
+    ``g_i = w_i · 2σ(−o_i)`` (``σ(−z)`` is the DPO gradient weight at logit ``z``,
+    ``1/2`` unshaped) with ``w`` the weights and ``o`` the offsets plus the
+    ``effective_offsets`` of the policy hooks and prompts; the concept's scores are
+    scaled by the share of its tokens the masks keep (``token_share``, matched by the
+    column's name to the concept key's name). Each pair's indicator (``"u"``) or gap
+    (``"z_gap"``) is then averaged with the weights ``g_i`` over all pairs (a dropped
+    pair adds 0). An empty plan gives the unshaped prediction. A concept explained
+    away by a strong offset gets ``g_i → 0`` on the pairs that carry it: predicted ≈ 0.
+
     Args:
         prefix: prepended to the concept names (e.g. ``"sae:"`` to match ``evals.sae_scorer``).
+        plan: ``TrainInputs`` (a compiled plan) or None.
 
     Returns:
         Series indexed by concept (``prefix + str(column)`` when a prefix is given),
@@ -94,10 +114,13 @@ def predict_shift(
     _check_finite(c, "chosen_scores")
     _check_finite(r, "rejected_scores")
     cv, rv = c.to_numpy(dtype=float), r.to_numpy(dtype=float)
+    g = np.ones(len(c))
+    if plan is not None:
+        g, cv, rv = _shaped(plan, c, cv, rv)
     if method == "u":
-        values = ((cv > tau).astype(float) - (rv > tau).astype(float)).mean(0)
+        values = (g[:, None] * ((cv > tau).astype(float) - (rv > tau).astype(float))).mean(0)
     else:
-        gap = (cv - rv).mean(0)
+        gap = (g[:, None] * (cv - rv)).mean(0)
         ddof = 1 if len(cv) > 1 else 0
         pooled = np.sqrt((cv.var(0, ddof=ddof) + rv.var(0, ddof=ddof)) / 2)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -105,6 +128,118 @@ def predict_shift(
     index = pd.Index([f"{prefix}{x}" for x in c.columns] if prefix else c.columns, name="concept")
     out = pd.Series(values, index=index, name=method)
     out.attrs["n_pairs"] = len(c)
+    if plan is not None:
+        out.attrs["gradient_weight_mean"] = float(g.mean())
+    return out
+
+
+def _shaped(plan, c: pd.DataFrame, cv: np.ndarray, rv: np.ndarray):
+    """Per-pair gradient weights ``g`` and the masked scores of a compiled plan (see ``predict_shift``)."""
+    if not hasattr(plan, "train_kwargs"):
+        raise TypeError(f"plan must be the TrainInputs of compile_plan(plan, model, pairs), got {type(plan).__name__}"
+                        " (compile a Plan first)")
+    ids = [str(x) for x in plan.ids]
+    if ids != [str(x) for x in c.index]:
+        raise ValueError(f"plan was compiled for other pairs than the scores' index ({len(ids)} vs {len(c)} pairs; "
+                         f"first plan ids {ids[:3]}, first score ids {list(c.index[:3])})")
+    o = np.zeros(len(c))
+    for extra in (plan.offsets, plan.effective_offsets):
+        if extra is not None:
+            o = o + np.asarray(extra, dtype=float)
+    w = np.ones(len(c)) if plan.weights is None else np.asarray(plan.weights, dtype=float)
+    g = w * 2.0 / (1.0 + np.exp(o))  # w · 2σ(−o)
+    cv, rv = cv.copy(), rv.copy()
+    for key, share in (plan.token_share or {}).items():
+        name = key.split(":", 1)[-1]
+        for j, col in enumerate(c.columns):
+            if str(col) == name:
+                cv[:, j] *= 1 - share[:, 0]
+                rv[:, j] *= 1 - share[:, 1]
+    return g, cv, rv
+
+
+def recovery(
+    before: pd.DataFrame,
+    plain: pd.DataFrame,
+    shaped: pd.DataFrame,
+    *,
+    concepts: Sequence[str],
+    prompt_col: str = "prompt_id",
+    stat: Literal["rate", "mean"] = "rate",
+    tau: float = 0.5,
+    n_boot: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """How much of plain DPO's shift a shaped run undoes, per concept, with a prompt-bootstrap CI.
+
+    ``recovery = (plain − shaped) / (plain − before) × 100`` on the rollouts' rates
+    (``stat="rate"``: share of rollouts with score > ``tau``) or means: 0 = the
+    shaped run shows the concept as much as plain DPO, 100 = as little as the
+    pre-DPO model. ``change = shaped − plain`` is the run's off-target effect for
+    concepts it did not target. The CI resamples prompts (all samples of a drawn
+    prompt) with the same draw in the three frames; a replicate where plain DPO did
+    not move the concept (``plain = before``) gives no recovery and is left out
+    (``n_boot_used``).
+
+    Args:
+        before, plain, shaped: ``evals.measure`` outputs of the pre-DPO model, plain DPO
+            and the shaped run on the same prompts.
+        concepts: the score columns to read.
+
+    Returns:
+        DataFrame indexed by concept: ``before``, ``plain``, ``shaped``, ``recovery``,
+        ``ci_low``, ``ci_high``, ``n_boot_used``, ``change``, ``change_ci_low``,
+        ``change_ci_high``.
+    """
+    if stat not in ("rate", "mean"):
+        raise ValueError(f"stat must be 'rate' or 'mean', got {stat!r}")
+    frames = {"before": before, "plain": plain, "shaped": shaped}
+    concepts = list(concepts)
+    sets = {}
+    for name, df in frames.items():
+        missing = [c for c in [prompt_col, *concepts] if c not in df.columns]
+        if missing:
+            raise ValueError(f"`{name}` lacks column(s) {missing[:10]}")
+        sets[name] = set(df[prompt_col])
+    if not sets["before"] == sets["plain"] == sets["shaped"]:
+        raise ValueError("before, plain and shaped must cover the same prompts")
+    prompts = pd.Index(sorted(sets["before"], key=str))
+
+    def per_prompt(df, name):
+        x = df[concepts].astype(float)
+        _check_finite(x, name, pd.Index(df[prompt_col].to_numpy(), name=prompt_col))
+        x = (x > tau).astype(float) if stat == "rate" else x
+        grp = x.groupby(df[prompt_col].to_numpy())
+        return grp.sum().reindex(prompts).to_numpy(), grp.size().reindex(prompts).to_numpy(dtype=float)
+
+    S = {k: per_prompt(v, k) for k, v in frames.items()}
+    mean = {k: s.sum(0) / n.sum() for k, (s, n) in S.items()}
+    rng = np.random.default_rng(seed)
+    P = len(prompts)
+    W = rng.multinomial(P, np.full(P, 1.0 / P), size=n_boot).astype(float)
+    boot = {k: (W @ s) / (W @ n)[:, None] for k, (s, n) in S.items()}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rec = (mean["plain"] - mean["shaped"]) / (mean["plain"] - mean["before"]) * 100
+        rec_b = (boot["plain"] - boot["shaped"]) / (boot["plain"] - boot["before"]) * 100
+    rec = np.where(np.isfinite(rec), rec, np.nan)
+    rec_b = np.where(np.isfinite(rec_b), rec_b, np.nan)
+    q = [(1 - ci) / 2, (1 + ci) / 2]
+    lo, hi, used = [], [], []
+    for j in range(len(concepts)):
+        col = rec_b[:, j][~np.isnan(rec_b[:, j])]
+        used.append(len(col))
+        a, b = np.quantile(col, q) if len(col) else (np.nan, np.nan)
+        lo.append(a)
+        hi.append(b)
+    change_b = boot["shaped"] - boot["plain"]
+    c_lo, c_hi = np.quantile(change_b, q, axis=0)
+    out = pd.DataFrame({
+        "before": mean["before"], "plain": mean["plain"], "shaped": mean["shaped"], "recovery": rec,
+        "ci_low": lo, "ci_high": hi, "n_boot_used": used, "change": mean["shaped"] - mean["plain"],
+        "change_ci_low": c_lo, "change_ci_high": c_hi,
+    }, index=pd.Index(concepts, name="concept"))
+    out.attrs.update({"stat": stat, "tau": tau, "n_boot": n_boot, "ci": ci, "seed": seed, "n_prompts": P})
     return out
 
 

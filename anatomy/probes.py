@@ -188,14 +188,40 @@ def project_spans(
     return df
 
 
-def heldout_auroc(scores_pos, scores_neg) -> float:
-    """AUROC of scores separating positives from negatives (``sklearn.metrics.roc_auc_score``)."""
-    from sklearn.metrics import roc_auc_score
+def auroc(scores, labels) -> float | np.ndarray:
+    """AUROC of each score column for each binary label column (Mann–Whitney U; ties count half).
 
+    scores: ``[n]`` or ``[n, m]``; labels: ``[n]`` or ``[n, L]`` (0/1 or bool; a DataFrame's
+    columns are label columns). The ranks are taken once and shared by every label, so a
+    matrix of clusters x concepts costs one sort. Equals ``sklearn.metrics.roc_auc_score``
+    column by column. Returns a float (1-D both), ``[m]`` (one label) or ``[m, L]``; NaN where
+    a label column has no positive or no negative.
+    """
+    from scipy.stats import rankdata
+
+    s = _np(scores).astype(np.float64)
+    y = np.asarray(labels, dtype=bool)
+    if s.shape[0] != y.shape[0]:
+        raise ValueError(f"scores and labels differ in length: {s.shape[0]} vs {y.shape[0]}")
+    ranks = rankdata(s.reshape(len(s), -1), axis=0)
+    ys = y.reshape(len(y), -1)
+    out = np.full((ranks.shape[1], ys.shape[1]), np.nan)
+    for j in range(ys.shape[1]):
+        pos = ys[:, j]
+        n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+        if n_pos and n_neg:
+            out[:, j] = (ranks[pos].sum(axis=0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    if s.ndim == 1 and y.ndim == 1:
+        return float(out[0, 0])
+    return out[:, 0] if y.ndim == 1 else (out[0] if s.ndim == 1 else out)
+
+
+def heldout_auroc(scores_pos, scores_neg) -> float:
+    """AUROC of scores separating positives from negatives (`auroc` of the two groups)."""
     pos, neg = _np(scores_pos).ravel(), _np(scores_neg).ravel()
     if len(pos) == 0 or len(neg) == 0:
         raise ValueError(f"AUROC needs both groups non-empty (got {len(pos)} and {len(neg)})")
-    return float(roc_auc_score(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg]))
+    return auroc(np.r_[pos, neg], np.r_[np.ones(len(pos)), np.zeros(len(neg))])
 
 
 def evaluate_direction(

@@ -69,8 +69,88 @@ class SAENotAvailableError(RuntimeError):
     """The requested SAE is neither shipped nor reachable on the hub."""
 
 
+class SAEConfigError(ValueError):
+    """An SAE whose config does not match its weights or the model; the message names the file and field."""
+
+
+TOPK_ARCHITECTURES = ("topk", "batchtopk")
+# parameters each SAELens inference architecture needs beyond W_enc, W_dec, b_enc, b_dec
+EXTRA_PARAMS = {"standard": set(), "topk": set(), "jumprelu": {"threshold"}, "gated": {"b_gate", "b_mag", "r_mag"}}
+
+
+def check_sae_config(path: str | Path) -> dict:
+    """Check a ``cfg.json`` against its ``sae_weights.safetensors`` before SAELens reads it.
+
+    Refuses, naming the file and field: a TopK SAE without ``k`` (SAELens would use 100),
+    ``k`` outside 1..d_sae, an architecture the weights or the training record contradict
+    (``"standard"`` on a TopK-trained SAE), weight shapes that are not ``d_in`` x ``d_sae``,
+    and a ``hook_name`` that is not a name. Whether the hook exists needs the model
+    (``check_sae_fits``). Returns the config.
+    """
+    path = Path(path)
+    cfg_path = path / CFG_FILE
+    try:
+        cfg = json.loads(cfg_path.read_text())
+        assert isinstance(cfg, dict)
+    except (json.JSONDecodeError, UnicodeDecodeError, AssertionError) as err:
+        raise SAEConfigError(f"{cfg_path}: not a JSON object ({err or 'wrong type'})") from None
+
+    def bad(field, why):
+        return SAEConfigError(f"{cfg_path}: field {field!r} {why}")
+
+    for field in ("d_in", "d_sae"):
+        if not isinstance(cfg.get(field), int) or cfg[field] <= 0:
+            raise bad(field, f"must be a positive integer, got {cfg.get(field)!r}")
+    arch = cfg.get("architecture", "standard")
+    meta = cfg.get("metadata") or {}
+    trained = str(meta.get("training_architecture") or "").lower()
+    if arch in TOPK_ARCHITECTURES or "k" in cfg:
+        if "k" not in cfg:
+            raise bad("k", f"is missing; a {arch} SAE needs it (SAELens would use k=100)")
+        k = cfg["k"]
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= cfg["d_sae"]:
+            raise bad("k", f"must be an integer in 1..d_sae ({cfg['d_sae']}), got {k!r}")
+    if arch not in TOPK_ARCHITECTURES and ("k" in cfg or trained in TOPK_ARCHITECTURES):
+        why = f"training_architecture {trained!r}" if trained in TOPK_ARCHITECTURES else f"k = {cfg['k']}"
+        raise bad("architecture", f"is {arch!r}, but the SAE was trained as TopK ({why}): its latents "
+                                  "would be read with the wrong activation; use 'topk'")
+    hook = meta.get("hook_name")
+    if hook is not None and (not isinstance(hook, str) or not hook.strip()):
+        raise SAEConfigError(f"{cfg_path}: field 'metadata.hook_name' = {hook!r} is not a hook name")
+    weights = path / WEIGHTS_FILE
+    if weights.exists():
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(weights), framework="pt") as f:
+                shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        except SafetensorError as err:
+            raise SAEConfigError(f"{weights}: unreadable ({err})") from None
+        want = {"W_enc": (cfg["d_in"], cfg["d_sae"]), "W_dec": (cfg["d_sae"], cfg["d_in"]),
+                "b_enc": (cfg["d_sae"],), "b_dec": (cfg["d_in"],)}
+        for key, shape in want.items():
+            if key in shapes and shapes[key] != shape:
+                raise SAEConfigError(f"{weights}: {key} has shape {shapes[key]}, but {CFG_FILE} says d_in = "
+                                     f"{cfg['d_in']}, d_sae = {cfg['d_sae']} (expected {shape})")
+        missing = sorted(EXTRA_PARAMS.get(arch, set()) - set(shapes))
+        if missing:
+            raise bad("architecture", f"is {arch!r}, which needs weights {missing} that {weights.name} does not hold")
+        extra = sorted(set().union(*EXTRA_PARAMS.values()) & set(shapes) - EXTRA_PARAMS.get(arch, set()))
+        if extra:
+            raise bad("architecture", f"is {arch!r}, but {weights.name} holds {extra}, the weights of another architecture")
+    return cfg
+
+
+def check_sae_weights(sae, where: str = "the SAE") -> None:
+    """Refuse NaN or infinite SAE weights, naming the tensor."""
+    for name, t in sae.named_parameters():
+        if not torch.isfinite(t).all():
+            n = int((~torch.isfinite(t)).sum())
+            raise SAEConfigError(f"{where}: weight {name!r} holds {n} NaN or infinite values")
+
+
 def load_sae(name: str | None = None, *, release: str | None = None, sae_id: str | None = None,
-             device: str = "cpu"):
+             device: str = "cpu", model=None):
     """Load an SAE as a SAELens ``SAE`` object (``encode`` / ``decode`` as SAELens defines them).
 
     Args:
@@ -80,6 +160,12 @@ def load_sae(name: str | None = None, *, release: str | None = None, sae_id: str
             e.g. ``release="gemma-scope-2b-pt-res-canonical"``,
             ``sae_id="layer_12/width_16k/canonical"``; needs the hub.
         device: torch device.
+        model: when given, the SAE must fit it (``check_sae_fits``: its hook exists in the
+            model, ``d_in`` is the model's width).
+
+    A local SAE is checked before it loads (``check_sae_config``: ``k``, the architecture,
+    the weight shapes, the hook name) and after (``check_sae_weights``: no NaN); a mismatch
+    is an ``SAEConfigError`` naming the file and field.
 
     Returns:
         a SAELens SAE (the shipped one is a ``TopKSAE`` in float32);
@@ -92,13 +178,17 @@ def load_sae(name: str | None = None, *, release: str | None = None, sae_id: str
         if release is None or sae_id is None:
             raise ValueError("pass both release= and sae_id= to load a SAELens pretrained SAE")
         try:
-            return SAE.from_pretrained(release, sae_id, device=device)
+            sae = SAE.from_pretrained(release, sae_id, device=device)
         except Exception as err:  # offline hub, unknown release, ...
             raise SAENotAvailableError(
                 f"could not load SAE release={release!r} sae_id={sae_id!r} from the hub ({type(err).__name__}: "
                 f"{err}). The hub may be unreachable from this machine; load_sae() without arguments "
                 f"gives the shipped SAE ({', '.join(shipped_saes()) or 'none shipped'})."
             ) from err
+        check_sae_weights(sae, f"SAE release={release!r} sae_id={sae_id!r}")
+        if model is not None:
+            check_sae_fits(sae, model)
+        return sae
     if name is None:
         names = shipped_saes()
         if not names:
@@ -109,7 +199,12 @@ def load_sae(name: str | None = None, *, release: str | None = None, sae_id: str
         path = ASSETS / name if (ASSETS / name / CFG_FILE).exists() else Path(name)
     if not (path / CFG_FILE).exists():
         raise SAENotAvailableError(f"no {CFG_FILE} in {path}; shipped SAEs: {shipped_saes()}")
-    return SAE.load_from_disk(path, device=device, dtype="float32")
+    check_sae_config(path)
+    sae = SAE.load_from_disk(path, device=device, dtype="float32")
+    check_sae_weights(sae, str(path / WEIGHTS_FILE))
+    if model is not None:
+        check_sae_fits(sae, model)
+    return sae
 
 
 def save_sae(sae, path: str | Path, *, dtype: torch.dtype = torch.float16) -> Path:
@@ -151,10 +246,10 @@ def check_sae_fits(sae, model, hook: str | None = None) -> None:
     try:
         check_hooks(model, [hook])
     except KeyError as err:
-        raise ValueError(f"SAE field 'hook_name': {err.args[0]}") from None
+        raise SAEConfigError(f"SAE field 'hook_name': {err.args[0]}") from None
     d_model = getattr(model.cfg, "d_model", None)
     if d_model is not None and "resid" in hook and int(sae.cfg.d_in) != int(d_model):
-        raise ValueError(f"SAE field 'd_in' = {sae.cfg.d_in} does not match the model's d_model = {d_model} "
+        raise SAEConfigError(f"SAE field 'd_in' = {sae.cfg.d_in} does not match the model's d_model = {d_model} "
                          f"at {hook!r}")
 
 
@@ -522,10 +617,11 @@ SWEEP_CONCEPTS = ("list_item", "bold", "header", "emoji", "refusal", "flattery",
 
 def _probe_auroc(x: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int) -> float:
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import GroupKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+
+    from .probes import auroc
 
     if y.sum() < 5 or (1 - y).sum() < 5:
         return float("nan")
@@ -534,7 +630,7 @@ def _probe_auroc(x: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int) ->
         clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000, random_state=seed))
         clf.fit(x[tr], y[tr])
         scores[te] = clf.decision_function(x[te])
-    return float(roc_auc_score(y, scores))
+    return auroc(scores, y)
 
 
 def layer_sweep(

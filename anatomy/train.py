@@ -4,7 +4,9 @@ Takes a model (a ``TransformerBridge`` from ``load_model``, or a Hugging Face
 causal LM plus its tokenizer), preference pairs (``id``, ``prompt`` messages,
 ``chosen``, ``rejected``: ``load_preferences``) and the shaping of the learning
 signal: per-pair offsets ``λ·ΔA_u`` (METHOD §2), per-pair weights, per-token
-masks and forward hooks applied to the policy only. ``train_dpo`` returns a
+masks, and forward hooks and prompts applied to the policy only (what
+``interventions.compile_plan`` makes from a Plan: ``train_dpo(model, pairs,
+**inputs.train_kwargs())``). ``train_dpo`` returns a
 ``TrainResult``: the config, a per-step history DataFrame, the model (the same
 object, trained in place), the reference log-probs and the wall time.
 
@@ -27,7 +29,8 @@ Decisions, so that results can be compared with TRL and between runs:
   Rescale weights to mean 1 first if only their ratios should matter.
 - **Reference.** ``πref`` is the model's initial weights. Its log-probs are
   computed once, before the first update (no second copy of the model), with
-  the same autocast setting and without the policy hooks; kept in memory and,
+  the same autocast setting, without the policy hooks and on the pairs' own
+  prompts (never the policy prompts); kept in memory and,
   with ``out_dir``, written to ``ref_logps-<model>-<n>pairs-<digest>.safetensors``
   (the digest covers the weights' fingerprint, the tokens and the masks), which
   a rerun into the same ``out_dir`` reuses.

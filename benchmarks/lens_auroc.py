@@ -42,7 +42,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -66,12 +65,9 @@ DIRECTION_PASS, CLUSTER_PASS = 0.95, 0.80
 def sample_pairs(split: str, n: int | None, seed: int) -> list[dict]:
     """``n`` pairs of the organism's ``split`` (a seeded random subset in file order; all if ``None``)."""
     from anatomy import load_preferences
+    from anatomy.data import sample_pairs as draw
 
-    ds = load_preferences("organism", split=split)
-    idx = np.arange(len(ds))
-    if n is not None and n < len(ds):
-        idx = np.sort(np.random.default_rng(seed).permutation(len(ds))[:n])
-    return [ds[int(i)] for i in idx]
+    return draw(load_preferences("organism", split=split), n, seed=seed)
 
 
 def response_units(pairs: list[dict]) -> pd.DataFrame:
@@ -146,12 +142,10 @@ def encode_split(model, sae, pairs: list[dict], *, progress: bool = True):
 
 
 def sae_fingerprint(sae) -> str:
-    """A short hash of the SAE's weights: cache directories are named after it."""
-    h = hashlib.sha1()
-    for k, v in sorted(sae.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().float().cpu().numpy().tobytes()[:1 << 20])
-    return h.hexdigest()[:10]
+    """The SAE's `anatomy.fingerprint.weights_fingerprint`: cache directories are named after it."""
+    from anatomy.fingerprint import weights_fingerprint
+
+    return weights_fingerprint(sae)
 
 
 def load_or_encode(model, sae, pairs: list[dict], cache: Path | None, *, progress: bool):
@@ -174,22 +168,6 @@ def load_or_encode(model, sae, pairs: list[dict], cache: Path | None, *, progres
 
 
 # ----------------------------------------------------------------------------- scores
-
-
-def column_ranks(X: np.ndarray) -> np.ndarray:
-    """Ranks of every column of ``X`` (``[n, m]``), ties averaged: the input of ``auroc_from_ranks``."""
-    from scipy.stats import rankdata
-
-    return rankdata(X, axis=0)
-
-
-def auroc_from_ranks(ranks: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """AUROC of every column for binary ``y`` (Mann-Whitney U from the ranks; ties count half)."""
-    y = np.asarray(y, dtype=bool)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return np.full(ranks.shape[1], np.nan)
-    return (ranks[y].sum(0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
 def unit_rows(units: pd.DataFrame, n_pairs: int) -> np.ndarray:
@@ -254,7 +232,8 @@ def main(argv=None) -> dict:
 
     from anatomy import cluster_features, fit_probe, load_model
     from anatomy.concepts import CONCEPT_KINDS
-    from anatomy.probes import diff_of_means, evaluate_direction, heldout_auroc
+    from anatomy.features import membership_matrix
+    from anatomy.probes import auroc, diff_of_means, evaluate_direction, heldout_auroc
     from anatomy.saes import load_sae, sae_hook
 
     t_all = time.perf_counter()
@@ -303,10 +282,8 @@ def main(argv=None) -> dict:
     clusters = cluster_features(tr_feats, resolution=args.resolution, seed=args.seed)
     timings["cluster_features"] = time.perf_counter() - t
     member = clusters[clusters.cluster >= 0]
-    n_clusters = int(member.cluster.max()) + 1 if len(member) else 0
-    sizes = member.groupby("cluster").size().to_numpy() if n_clusters else np.zeros(0, int)
-    M = sp.csr_matrix((np.ones(len(member)), (member.feature.to_numpy(), member.cluster.to_numpy())),
-                      shape=(tr_feats.d_sae, max(n_clusters, 1)))
+    M, sizes = membership_matrix(clusters, tr_feats.d_sae)
+    n_clusters, sizes = M.shape[1], sizes.astype(int)
     print(f"{n_clusters} clusters at resolution {args.resolution} (sizes min/median/max "
           f"{sizes.min() if len(sizes) else 0}/{np.median(sizes) if len(sizes) else 0}/"
           f"{sizes.max() if len(sizes) else 0}; {len(member)} of {clusters.attrs['n_candidates']} "
@@ -322,14 +299,15 @@ def main(argv=None) -> dict:
         U[split] = {"units": units, "feat": feat, "clus": clus, "acts": acts}
     # train-side ranks, once per stat, for the selection of clusters and features
     t = time.perf_counter()
-    ranks = {stat: {"clus": column_ranks(U["train"]["clus"][stat]) if n_clusters else None,
-                    "feat": column_ranks(U["train"]["feat"][stat].toarray())} for stat in STATS}
+    y_train = U["train"]["units"][list(CONCEPTS)].to_numpy(dtype=bool)
+    train_auc = {stat: {"clus": auroc(U["train"]["clus"][stat], y_train) if n_clusters else None,
+                        "feat": auroc(U["train"]["feat"][stat].toarray(), y_train)} for stat in STATS}
     timings["rank_train_scores"] = time.perf_counter() - t
 
     # --- per concept
     rows = []
     t_dir = t_sae = 0.0
-    for c in CONCEPTS:
+    for ci, c in enumerate(CONCEPTS):
         y_tr = U["train"]["units"][c].to_numpy().astype(int)
         y_ho = U["heldout"]["units"][c].to_numpy().astype(int)
         row = {"concept": c, "n_pos_train": int(y_tr.sum()), "n_neg_train": int(len(y_tr) - y_tr.sum()),
@@ -366,11 +344,11 @@ def main(argv=None) -> dict:
         best_f = (-1.0, None, None)
         for stat in STATS:
             if n_clusters:
-                a = auroc_from_ranks(ranks[stat]["clus"], y_tr)
+                a = train_auc[stat]["clus"][:, ci]
                 j = int(np.nanargmax(a))
                 if a[j] > best_c[0]:
                     best_c = (float(a[j]), j, stat)
-            a = auroc_from_ranks(ranks[stat]["feat"], y_tr)
+            a = train_auc[stat]["feat"][:, ci]
             j = int(np.nanargmax(a))
             if a[j] > best_f[0]:
                 best_f = (float(a[j]), j, stat)

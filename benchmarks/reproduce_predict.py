@@ -44,12 +44,6 @@ CONCEPTS = ["bold", "header", "list_item", "emoji", "em_dash", "exclamation", "f
             "table", "horizontal_rule", "url", "refusal", "agreement"]
 
 
-def _auroc(score: np.ndarray, label: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(label, score)) if 0 < label.sum() < len(label) else float("nan")
-
-
 def _heldout_prompts(n_prompts: int, seed: int) -> list[dict]:
     from anatomy.data import load_preferences
 
@@ -110,7 +104,7 @@ def main(argv=None) -> dict:
         sae_scorer
     from anatomy.models import load_model
     from anatomy.predict import compare, observed_shift, predict_shift, predict_shift_from_features
-    from anatomy.probes import direction_from_labels
+    from anatomy.probes import auroc, direction_from_labels
     from anatomy.features import cluster_features, cluster_scores, feature_summaries
     from anatomy.saes import load_sae
     from anatomy.train import TrainConfig, load_train_run, preference_margins, train_dpo
@@ -175,7 +169,7 @@ def main(argv=None) -> dict:
     for c in CONCEPTS:  # the cluster whose activity best tracks each planted concept (on the training data)
         lab = np.r_[pres_c[c].to_numpy(), pres_r[c].to_numpy()]
         if 0 < lab.sum() < len(lab):
-            au = {k: _auroc(np.r_[chosen_sc[k].to_numpy(), rejected_sc[k].to_numpy()], lab) for k in chosen_sc}
+            au = {k: auroc(np.r_[chosen_sc[k].to_numpy(), rejected_sc[k].to_numpy()], lab) for k in chosen_sc}
             best = max(au, key=au.get)
             match[c] = (f"sae:{best}", au[best])
     top = u_all.abs().sort_values(ascending=False).index[: args.top_clusters].tolist()

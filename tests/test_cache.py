@@ -128,3 +128,98 @@ def test_bad_input_names_the_pair_and_field(model, monkeypatch):
     monkeypatch.setattr(model.cfg, "n_ctx", 30)
     with pytest.raises(ValueError, match=r"pair 'p0' field 'chosen': \d+ tokens is longer than the model's context \(30\)"):
         cache_pairs(model, pairs, HOOKS[0], progress=False)
+
+
+# ----------------------------------------------------------------------------- a cache never returns other data
+
+TINY = "blocks.1.hook_resid_post"
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from test_features import tiny_lens
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield tiny_lens()[0]
+    torch.set_num_threads(old)
+
+
+def test_edited_pair_text_or_weights_trained_in_place_are_never_reused(tiny_model, tmp_path):
+    from anatomy.cache import CacheError
+
+    pairs = _pairs()
+    cache_pairs(tiny_model, pairs, TINY, out_dir=tmp_path, shard_size=3, progress=False)
+    edited = [dict(p) for p in pairs]
+    edited[4]["chosen"] = "Paris, of course."  # same id, new text
+    with pytest.raises(CacheError, match=r"made with other pairs \(changed: \{'pairs_digest'"):
+        cache_pairs(tiny_model, edited, TINY, out_dir=tmp_path, shard_size=3, progress=False)
+    p = next(tiny_model.parameters())
+    with torch.no_grad():
+        old = p.view(-1)[:4].clone()
+        p.view(-1)[:4] += 0.01  # an optimiser step in place
+        try:
+            with pytest.raises(CacheError, match="made with other model weights"):
+                cache_pairs(tiny_model, pairs, TINY, out_dir=tmp_path, shard_size=3, progress=False)
+        finally:
+            p.view(-1)[:4] = old
+    with pytest.raises(CacheError, match="made with other settings .*shard_size"):
+        cache_pairs(tiny_model, pairs, TINY, out_dir=tmp_path, shard_size=2, progress=False)
+    assert load_pair_activations(tmp_path).ids == [p["id"] for p in pairs]
+
+
+def test_overlapping_and_missing_shards_are_refused_by_name(tiny_model, tmp_path):
+    from anatomy.cache import CacheError
+
+    pairs = _pairs()
+    for shard in ((0, 2), (1, 3), (5, 6)):  # rows 0-3, 2-4 and 5-7: p2 twice, p4 nowhere
+        cache_pairs(tiny_model, pairs, TINY, out_dir=tmp_path, shard=shard, pooling=("mean",), progress=False)
+    with pytest.raises(CacheError, match="shards overlap: shard-0000000-0000003.safetensors and "
+                                         "shard-0000002-0000004.safetensors"):
+        load_pair_activations(tmp_path)
+    for f in tmp_path.glob("shard-0000002-0000004.*"):
+        f.unlink()
+    with pytest.raises(CacheError, match="shards cover 5 of 7 pairs; missing rows 3-5"):
+        load_pair_activations(tmp_path)
+
+
+def test_corrupt_or_truncated_shards_are_named_and_recomputed(tiny_model, tmp_path):
+    from anatomy.cache import CacheError
+
+    pairs = _pairs()
+    kw = dict(out_dir=tmp_path, shard_size=3, progress=False)
+    fresh = cache_pairs(tiny_model, pairs, TINY, **kw)
+    ref = fresh.get(TINY, "chosen", "mean").clone()
+    zeroed, cut = tmp_path / "shard-0000003-0000006.safetensors", tmp_path / "shard-0000006-0000007.safetensors"
+    raw = bytearray(zeroed.read_bytes())
+    raw[-300:-200] = bytes(100)
+    zeroed.write_bytes(bytes(raw))
+    with pytest.raises(CacheError, match="shard shard-0000003-0000006.safetensors: checksum mismatch"):
+        load_pair_activations(tmp_path)
+    cut.write_bytes(cut.read_bytes()[:50])
+    with pytest.warns(UserWarning) as seen:
+        cache_pairs(tiny_model, pairs, TINY, **kw)
+    named = " ".join(str(w.message) for w in seen)
+    assert "shard-0000003-0000006.safetensors: checksum mismatch" in named and "recomputing" in named
+    assert "shard-0000006-0000007.safetensors: checksum mismatch" in named
+    assert torch.equal(load_pair_activations(tmp_path).get(TINY, "chosen", "mean"), ref)
+    assert oct(zeroed.stat().st_mode & 0o777) == "0o644"
+    assert oct((tmp_path / "manifest.json").stat().st_mode & 0o777) == "0o644"
+
+
+def test_hook_typos_duplicate_ids_and_garbage_manifests_get_named_errors(tiny_model, tmp_path):
+    from anatomy.cache import CacheError
+
+    pairs = _pairs()
+    out = tmp_path / "a"
+    with pytest.raises(KeyError, match=r"\['blocks.1.hook_resid_pots'\] are not hooks of the model \(2 layers"):
+        cache_pairs(tiny_model, pairs, "blocks.1.hook_resid_pots", out_dir=out, progress=False)
+    assert not out.exists()  # nothing written: the corrected rerun goes through
+    cache_pairs(tiny_model, pairs[:2], TINY, out_dir=out, progress=False)
+    with pytest.raises(ValueError, match=r"pair ids must be unique; repeated: \['p1'\]"):
+        cache_pairs(tiny_model, pairs[:2] + [dict(pairs[3], id="p1")], TINY, progress=False)
+    (out / "manifest.json").write_text("\x00garbage")
+    with pytest.raises(CacheError, match=r"a/manifest.json is not a valid manifest"):
+        load_pair_activations(out)
+    with pytest.raises(CacheError, match=r"a/manifest.json is not a valid manifest"):
+        cache_pairs(tiny_model, pairs[:2], TINY, out_dir=out, progress=False)

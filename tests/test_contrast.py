@@ -50,7 +50,7 @@ def reference(chosen: pd.DataFrame, rejected: pd.DataFrame) -> pd.DataFrame:
         sd = np.std(d, ddof=1)
         rows.append({"effect": d.mean(), "n_pos": n_pos, "n_neg": n_neg,
                      "n_zero": len(d) - n_pos - n_neg, "p_sign": p_sign, "p": p_wil,
-                     "d": d.mean() / sd if sd > 0 else 0.0,
+                     "d": d.mean() / sd if sd > 0 else (np.copysign(np.inf, d.mean()) if d.mean() else 0.0),
                      "p_superiority": np.mean(d > 0) + 0.5 * np.mean(d == 0)})
     ref = pd.DataFrame(rows)
     ref["q_sign"] = multipletests(ref["p_sign"], method="fdr_bh")[1]
@@ -77,7 +77,7 @@ def test_paired_stats_matches_scipy_and_statsmodels(seed, sparse_share, monkeypa
     row = got.set_index("concept")
     assert row.loc["all_zero", ["p_sign", "p", "d"]].tolist() == [1.0, 1.0, 0.0]
     assert row.loc["all_zero", "direction"] == "none"
-    assert row.loc["constant_gap", "d"] == 0.0
+    assert row.loc["constant_gap", "d"] == np.inf
     assert row.loc["constant_gap", "ci_low"] == row.loc["constant_gap", "ci_high"] == 1.0
     assert (got["ci_low"] <= got["effect"] + 1e-12).all()
     assert (got["effect"] <= got["ci_high"] + 1e-12).all()
@@ -253,6 +253,25 @@ def test_preference_regression_separation_and_degenerate_columns():
         preference_regression(chosen.drop(columns="length"), rejected.drop(columns="length"))
     with pytest.raises(ValueError, match="test_frac"):
         preference_regression(chosen, rejected, test_frac=1.0)
+
+
+def test_a_gap_the_same_in_every_pair_is_infinitely_consistent_and_drawn_significant():
+    n = 8
+    chosen = pd.DataFrame({"always_plus_one": np.arange(n) + 1.0, "always_minus_tenth": np.full(n, 0.0),
+                           "noise": np.random.default_rng(0).normal(size=n)})
+    rejected = pd.DataFrame({"always_plus_one": np.arange(n) + 0.0, "always_minus_tenth": np.full(n, 0.1),
+                             "noise": np.zeros(n)})
+    table = paired_stats(chosen, rejected, n_boot=100).set_index("concept")
+    assert table.loc["always_plus_one", "d"] == np.inf
+    assert table.loc["always_minus_tenth", "d"] == -np.inf  # 0.1 is not exact in binary: sd rounds to ~1e-17
+    assert table.loc["always_plus_one", "q"] < 0.05
+    fig = plot_volcano(table.reset_index())
+    by_group = {t.name: t for t in fig.data}
+    plus = list(by_group["chosen"].text).index("always_plus_one")
+    assert np.isfinite(by_group["chosen"].x[plus]) and by_group["chosen"].x[plus] > 1
+    assert by_group["chosen"].marker.symbol[plus] == "triangle-right"
+    assert by_group["chosen"].customdata[plus][1] == np.inf
+    assert "always_minus_tenth" in list(by_group["rejected"].text)
 
 
 def test_figures():

@@ -285,13 +285,14 @@ def test_too_long_with_fake_tokenizer(as_dict):
     tok = FakeTokenizer(as_dict)
     rows = [make_pair(id="short"), make_pair(id="long", prompt="w " * 7, chosen="a b c")]
     # long: prompt 7 words + 2, longer response 3 words + 2 -> 14 > 12
-    with pytest.raises(PreferenceDataError, match=r"pair 'long' field 'prompt': too long for the "
-                                                  r"model's context: 14 tokens > 12"):
+    with pytest.raises(PreferenceDataError, match=r"pair 'long' field 'chosen': too long for the "
+                                                  r"model's context: 14 tokens \(prompt \+ chosen\) > 12"):
         load_preferences(rows, tokenizer=tok)
     assert len(load_preferences(rows, tokenizer=tok, max_length=14)) == 2
     assert len(load_preferences(rows)) == 2  # no tokenizer, no check
-    tok.model_max_length = int(1e30)  # HF's "unknown" sentinel: the check is skipped
-    assert len(load_preferences(rows, tokenizer=tok)) == 2
+    tok.model_max_length = int(1e30)  # HF's "unknown" sentinel and no config to ask: skipped, with a warning
+    with pytest.warns(UserWarning, match="length check is skipped"):
+        assert len(load_preferences(rows, tokenizer=tok)) == 2
 
 
 def test_too_long_with_real_tokenizer():
@@ -304,9 +305,9 @@ def test_too_long_with_real_tokenizer():
     ds, report = load_preferences(rows, strict=False, tokenizer=tok, max_length=128)
     assert ds["id"] == ["short"]
     assert report.loc[0, "id"] == "long" and report.loc[0, "field"] == "prompt"
-    assert report.loc[0, "reason"].startswith("too long for the model's context")
-    n = int(report.loc[0, "reason"].split(": ")[1].split()[0])
-    text = tok.apply_chat_template([user(rows[1]["prompt"]), asst("4.")], tokenize=False)
+    assert report.loc[0, "reason"].startswith("too long for the model's context: the prompt alone is")
+    n = int(re.search(r"(\d+) tokens", report.loc[0, "reason"]).group(1))
+    text = tok.apply_chat_template([user(rows[1]["prompt"])], tokenize=False)
     assert n == len(tok(text, add_special_tokens=False)["input_ids"])  # independent count
 
 
@@ -373,3 +374,214 @@ def test_real_advbench_goals():
     ds = load_prompts_csv(SHARED / "advbench" / "harmful_behaviors.csv", "goal")
     assert len(ds) == 520 and ds.column_names == ["id", "prompt", "target"]
     assert ds[0]["id"] == "harmful_behaviors-0" and ds[0]["target"].startswith("Sure, here is")
+
+
+# ------------------------------------------------------------------ hostile files and rows
+
+PAIRS4 = [make_pair(id=f"r{i}", chosen=f"Answer {i}.") for i in range(4)]
+
+
+def _jsonl(rows) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
+def test_utf8_bom_and_utf16_files_read_every_row(tmp_path):
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + _jsonl(PAIRS4).encode())
+    assert load_preferences(bom)["id"] == ["r0", "r1", "r2", "r3"]
+    wide = tmp_path / "wide.jsonl"
+    wide.write_bytes(_jsonl(PAIRS4).encode("utf-16"))  # with a byte-order mark
+    assert load_preferences(wide)["id"] == ["r0", "r1", "r2", "r3"]
+    bare = tmp_path / "bare.jsonl"
+    bare.write_bytes(_jsonl(PAIRS4).encode("utf-16-le"))
+    with pytest.raises(PreferenceDataError, match=r"bare.jsonl: pair 'bare-0' field 'file': looks like UTF-16 "
+                                                  r"without a byte-order mark"):
+        load_preferences(bare)
+
+
+def test_latin1_lines_are_named_and_the_rest_kept(tmp_path):
+    path = tmp_path / "latin.jsonl"
+    rows = [dict(PAIRS4[0]), dict(PAIRS4[1], chosen="Café crème."), dict(PAIRS4[2])]
+    path.write_bytes(_jsonl(rows).encode("latin-1"))
+    with pytest.raises(PreferenceDataError, match=r"latin.jsonl: pair 'latin-1' field 'row': line 2 is not "
+                                                  r"UTF-8 text \(byte 0xe9 at column \d+\); the file may be latin-1"):
+        load_preferences(path)
+    ds, report = load_preferences(path, strict=False)
+    assert ds["id"] == ["r0", "r2"] and report["index"].tolist() == [1]
+
+
+def test_truncated_gzip_names_the_file_and_keeps_the_readable_rows(tmp_path):
+    rows = [make_pair(id=f"g{i}", chosen=f"Answer number {i}. " * 20) for i in range(200)]
+    full = gzip.compress(_jsonl(rows).encode())
+    path = tmp_path / "cut.jsonl.gz"
+    path.write_bytes(full[: len(full) // 2])
+    with pytest.raises(PreferenceDataError, match=r"cut.jsonl.gz: pair 'cut-\d+' field '(row|file)'"):
+        load_preferences(path)
+    ds, report = load_preferences(path, strict=False)
+    assert len(ds) > 20 and ds["id"] == [f"g{i}" for i in range(len(ds))]
+    assert "truncated gzip stream" in " ".join(report["reason"])
+    assert "the rows before the damage were read" in report["reason"].iloc[-1]
+
+
+@pytest.mark.parametrize("name,sep", [("pairs.csv", ","), ("pairs.tsv", "\t")])
+def test_csv_and_tsv_with_prompt_chosen_rejected_columns(tmp_path, name, sep):
+    path = tmp_path / name
+    path.write_text(f"prompt{sep}chosen{sep}rejected{sep}source\n"
+                    f'"What, exactly, is 2+2?"{sep}"It is 4.\nSure."{sep}Five.{sep}web\n'
+                    f"Say hi.{sep}Hi!{sep}No.{sep}\n", encoding="utf-8-sig")
+    ds = load_preferences(path)
+    assert ds["id"] == ["pairs-0", "pairs-1"] and ds["chosen"] == ["It is 4.\nSure.", "Hi!"]
+    assert ds["prompt"][0] == [user("What, exactly, is 2+2?")] and ds["source"] == ["web", ""]
+    (tmp_path / "other.csv").write_text("question,answer\nq,a\n")
+    with pytest.raises(PreferenceDataError, match=r"other.csv: pair 'other-0' field 'file': the header "
+                                                  r"\['question', 'answer'\] has no 'chosen' and 'rejected'"):
+        load_preferences(tmp_path / "other.csv")
+    (tmp_path / "short.csv").write_text("prompt,chosen,rejected\nq,a\n")
+    with pytest.raises(PreferenceDataError, match=r"pair 'short-0' field 'rejected': missing field"):
+        load_preferences(tmp_path / "short.csv")
+    (tmp_path / "csv.jsonl").write_text("prompt,chosen,rejected\nq,a,b\n")
+    with pytest.raises(PreferenceDataError, match=r"invalid JSON on line 1.*it looks like a CSV header"):
+        load_preferences(tmp_path / "csv.jsonl")
+
+
+def test_lone_surrogates_are_named_even_in_metadata(tmp_path):
+    path = tmp_path / "s.jsonl"
+    path.write_text(_jsonl(PAIRS4[:1]) + '{"id": "bad", "prompt": "q", "chosen": "a\\ud800b", "rejected": "c"}\n'
+                    + '{"id": "meta", "prompt": "q", "chosen": "a", "rejected": "c", "note": "x\\udfff"}\n'
+                    + _jsonl(PAIRS4[1:2]))
+    with pytest.raises(PreferenceDataError, match=r"s.jsonl: pair 'bad' field 'chosen': contains a lone surrogate "
+                                                  r"\(U\+D800 at character 1\)"):
+        load_preferences(path)
+    ds, report = load_preferences(path, strict=False)
+    assert ds["id"] == ["r0", "r1"] and report["id"].tolist() == ["bad", "meta"]
+    assert report["field"].tolist() == ["chosen", "note"]
+
+
+def test_metadata_whose_type_changes_between_rows():
+    rows = [dict(PAIRS4[0], score=3), dict(PAIRS4[1], score=4), dict(PAIRS4[2], score="high"), dict(PAIRS4[3], score=None)]
+    with pytest.raises(PreferenceDataError, match=r"pair 'r2' field 'score': metadata of type str does not fit "
+                                                  r"the column's earlier values \(type int\)"):
+        load_preferences(rows)
+    with pytest.warns(UserWarning, match="column 'score' changes type at pair 'r2'"):
+        ds, report = load_preferences(rows, strict=False)
+    assert len(ds) == 4 and report.empty
+    assert ds["score"] == ["3", "4", '"high"', None]
+
+
+def test_a_later_row_in_another_format_says_which_was_expected():
+    rows = [make_pair(id="a"), {"id": "b", "chosen": hh("q", "x"), "rejected": hh("q", "y")}]
+    with pytest.raises(PreferenceDataError, match=r"pair 'b' field 'prompt': missing field; this row is in the "
+                                                  r"HH-RLHF transcripts .* format, but the rows are read in the "
+                                                  r"prompt / chosen / rejected columns .* format detected from row 0"):
+        load_preferences(rows)
+
+
+@pytest.mark.parametrize("text", ["\u200b\u200b", "\x00\x01\x7f", "\ufeff \u2060\u00ad", "\u202e\u200f\n"])
+def test_responses_of_only_control_or_zero_width_characters(text):
+    with pytest.raises(PreferenceDataError, match=r"pair 'z' field 'rejected': empty response \(only control or "
+                                                  r"zero-width characters\)"):
+        load_preferences([make_pair(id="a"), make_pair(id="z", rejected=text)])
+    assert len(load_preferences([make_pair(rejected="\u200bno\u200b")])) == 1  # visible text around them
+
+
+@pytest.mark.parametrize("prompt", ["", "   ", [user("\u200b")], [{"role": "system", "content": "Be kind."}, user("")]])
+def test_an_empty_prompt_is_refused(prompt):
+    with pytest.raises(PreferenceDataError, match=r"pair 'e' field 'prompt': empty prompt"):
+        load_preferences([make_pair(id="a"), make_pair(id="e", prompt=prompt)])
+
+
+def test_context_limit_comes_from_the_model_config_when_the_tokenizer_does_not_know(tmp_path):
+    tok = FakeTokenizer()
+    tok.model_max_length = int(1e30)  # what a TransformerBridge's tokenizer reports
+    rows = [make_pair(id="short"), make_pair(id="long", prompt="w " * 3, chosen="a b c d e f g h")]
+
+    class Bridge:  # a model object: its cfg.n_ctx is the context
+        tokenizer = tok
+        cfg = type("Cfg", (), {"n_ctx": 12})()
+
+    with pytest.raises(PreferenceDataError, match=r"pair 'long' field 'chosen': too long .*: 15 tokens "
+                                                  r"\(prompt \+ chosen\) > 12"):
+        load_preferences(rows, tokenizer=Bridge())
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "max_position_embeddings": 12}))
+    tok.name_or_path = str(tmp_path)  # model.tokenizer alone: its model directory's config
+    with pytest.raises(PreferenceDataError, match=r"pair 'long' field 'chosen': too long .*> 12"):
+        load_preferences(rows, tokenizer=tok)
+
+
+# ------------------------------------------------------------------ fuzz
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_ANY_TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=12)  # surrogates included
+_KEYS = st.sampled_from(["id", "prompt", "chosen", "rejected", "role", "content", "score", "meta", ""]) | _ANY_TEXT
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True) | _ANY_TEXT
+    | st.sampled_from(["user", "assistant", "system", "\u200b", "", "\n\nHuman: q\n\nAssistant: a"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_KEYS, inner, max_size=4),
+    max_leaves=8)
+_MESSAGE = st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system", "tool"]),
+                                  "content": _ANY_TEXT | _JSON})
+_NEAR_VALID = st.fixed_dictionaries(  # mostly valid pairs whose metadata and texts vary
+    {"prompt": st.sampled_from(["q?", "Say hi.", "", "\u200b"]) | _ANY_TEXT,
+     "chosen": st.sampled_from(["Yes.", "No.", "\x00"]) | _ANY_TEXT, "rejected": st.sampled_from(["Maybe.", "No."])},
+    optional={"score": _JSON, "id": st.sampled_from(["a", "b", "c"])})
+_ROW = st.one_of(
+    _NEAR_VALID, _NEAR_VALID,
+    _JSON,
+    st.fixed_dictionaries({"prompt": _ANY_TEXT | st.lists(_MESSAGE, max_size=3) | _JSON,
+                           "chosen": _ANY_TEXT | st.lists(_MESSAGE, max_size=2), "rejected": _ANY_TEXT | _JSON},
+                          optional={"id": _ANY_TEXT | st.integers(0, 3) | _JSON, "score": _JSON, "meta": _JSON}),
+)
+_FUZZ = settings(max_examples=int(__import__("os").environ.get("FUZZ_EXAMPLES", 40)), deadline=2000, suppress_health_check=list(HealthCheck),
+                 derandomize="FUZZ_EXAMPLES" not in __import__("os").environ)
+
+
+def _accounted(source, n_rows: int) -> None:
+    try:
+        load_preferences(source)
+    except PreferenceDataError:
+        pass
+    ds, report = load_preferences(source, strict=False)
+    assert len(ds) + len(report) == n_rows
+    assert sorted(report["index"]) == sorted(set(report["index"]))
+
+
+@_FUZZ
+@given(st.lists(_ROW, max_size=6))
+def test_fuzz_rows_give_only_named_errors_and_account_for_every_row(rows):
+    _accounted(rows, len(rows))
+
+
+@_FUZZ
+@given(rows=st.lists(_ROW, min_size=1, max_size=5), suffix=st.sampled_from([".jsonl", ".jsonl.gz", ".json"]),
+       cut=st.none() | st.integers(0, 400), noise=st.binary(max_size=8))
+def test_fuzz_files_give_only_named_errors(tmp_path_factory, rows, suffix, cut, noise):
+    lines = [json.dumps(r, ensure_ascii=True) for r in rows]  # one row per line (\\uXXXX escapes for surrogates)
+    data = ("\n".join(lines) + "\n").encode()
+    path = tmp_path_factory.mktemp("fuzz") / f"f{suffix}"
+    intact = cut is None and not noise
+    if not intact:
+        data = data[:cut] + noise
+    path.write_bytes(gzip.compress(data) if suffix.endswith(".gz") else data)
+    if intact and suffix == ".jsonl":
+        _accounted(path, len(rows))
+        return
+    try:
+        load_preferences(path)
+    except PreferenceDataError:
+        pass
+    load_preferences(path, strict=False)
+
+
+@_FUZZ
+@given(data=st.binary(max_size=300), suffix=st.sampled_from([".jsonl", ".jsonl.gz", ".json", ".csv", ".tsv",
+                                                             ".parquet"]))
+def test_fuzz_garbage_bytes_give_only_named_errors(tmp_path_factory, data, suffix):
+    path = tmp_path_factory.mktemp("junk") / f"junk{suffix}"
+    path.write_bytes(data)
+    try:
+        load_preferences(path)
+    except PreferenceDataError:
+        pass
+    load_preferences(path, strict=False)

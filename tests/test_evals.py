@@ -263,3 +263,23 @@ def test_repetition_rate_with_tokenizer(tokenizer):
     assert repetition_rate(["hahahahahahaha"]) == 0.0
     # tokens "the", " cat", " the", " cat": the leading space makes " the" another token
     assert distinct_n(["the cat the cat"], n=1, tokenizer=tokenizer) == pytest.approx(3 / 4)
+
+
+def test_perplexity_is_the_token_weighted_nll_and_sees_gibberish(model):
+    from anatomy.evals import perplexity
+    from anatomy.logprobs import pair_logprobs, sequence_logprobs
+
+    prompt = [{"role": "user", "content": "What is the capital of France?"}]
+    good = "The capital of France is Paris."
+    bad = "Paris of the France capital is The."
+    frame = pd.DataFrame({"prompt_id": ["a", "b"], "sample": [0, 0], "prompt": [prompt, prompt],
+                          "response": [good, bad]})
+    per = perplexity(model, frame, per_rollout=True)
+    lp = pair_logprobs(model, [{"id": "x", "prompt": prompt, "chosen": good, "rejected": bad}])
+    np.testing.assert_allclose(per["logp"].to_numpy(), lp[0].numpy(), rtol=1e-6)  # the same engine as DPO
+    assert perplexity(model, frame) == pytest.approx(math.exp(-per.logp.sum() / per.n_tokens.sum()))
+    assert perplexity(model, frame.iloc[[1]]) > 3 * perplexity(model, frame.iloc[[0]])
+    seq = sequence_logprobs(model, [prompt], [good])
+    assert seq.n_tokens.iloc[0] == per.n_tokens.iloc[0] and seq.nll_per_token.iloc[0] > 0
+    with pytest.raises(ValueError, match="2 prompts but 1 responses"):
+        sequence_logprobs(model, [prompt, prompt], [good])

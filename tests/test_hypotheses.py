@@ -15,6 +15,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from anatomy import hypotheses as hy
 from anatomy.features import PairFeatures
+from anatomy.viz import show_examples
 
 
 def make_features(freq: dict[str, np.ndarray], ids=None) -> PairFeatures:
@@ -363,7 +364,7 @@ PAIRS = [
 
 
 def test_show_examples_marks_spans_and_escapes_html():
-    out = hy.show_examples(PAIRS, ["a", "b"], highlight=r"https?://\S+")
+    out = show_examples(PAIRS, ["a", "b"], highlight=r"https?://\S+")
     page = out.data
     assert '<mark class="anatomy-concept">https://docs.python.org/3/</mark>' in page
     assert '<mark class="anatomy-concept">https://example.com?q=1&amp;r=2</mark>' in page
@@ -372,16 +373,16 @@ def test_show_examples_marks_spans_and_escapes_html():
     assert page.count('class="anatomy-pair"') == 2
     assert page.index("docs.python.org") < page.index("No idea")  # chosen cell first
     # a callable (overlapping spans are merged) and no highlight
-    page = hy.show_examples(PAIRS, ["b"], highlight=lambda t: [(0, 1), (0, 2)]).data
+    page = show_examples(PAIRS, ["b"], highlight=lambda t: [(0, 1), (0, 2)]).data
     assert '<mark class="anatomy-concept">Hi</mark>!' in page
-    assert "<mark" not in hy.show_examples(PAIRS, ["a"]).data
+    assert "<mark" not in show_examples(PAIRS, ["a"]).data
     # per-token scores (token_feature_scores' shape of output)
     scores = {"b": {"chosen": (["H", "i", "<!>"], [0.0, 2.0, 1.0]), "rejected": (["hi"], [0.0])}}
-    page = hy.show_examples(PAIRS, ["b"], highlight=scores).data
+    page = show_examples(PAIRS, ["b"], highlight=scores).data
     marks = re.findall(r'<mark class="anatomy-concept"[^>]*>(.*?)</mark>', page)
     assert marks == ["i", "&lt;!&gt;"]
     with pytest.raises(ValueError, match="zzz"):
-        hy.show_examples(PAIRS, ["zzz"])
+        show_examples(PAIRS, ["zzz"])
 
 
 def test_token_feature_scores_on_the_default_model(model):
@@ -398,5 +399,5 @@ def test_token_feature_scores_on_the_default_model(model):
     assert "".join(tokens) == "See https://a.org now."
     assert len(scores) == len(tokens) and np.isfinite(scores).all() and (scores >= 0).all()
     assert "".join(out["x"]["rejected"][0]) == "No."
-    html_out = hy.show_examples(pairs, ["x"], highlight=out).data
+    html_out = show_examples(pairs, ["x"], highlight=out).data
     assert "anatomy-chosen" in html_out

@@ -72,3 +72,40 @@ def test_default_model_matches_hf_logits(model):
         ref = model.original_model(ids).logits
     assert model.cfg.n_layers == 30 and model.cfg.d_model == 576
     torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
+
+
+def _is_greedy(model, out, n_prompt):
+    """Whether every generated token is the argmax of the bridge's own full forward (no KV cache) before it."""
+    with torch.no_grad():
+        logits = model(out[:, :-1])
+    return torch.equal(logits[0, n_prompt - 1:].argmax(-1), out[0, n_prompt:])
+
+
+def test_load_model_generate_decodes_real_text(model):
+    ids = torch.tensor([format_prompt(model.tokenizer, [{"role": "user", "content": "Name three colours."}])])
+    out = model.generate(ids, max_new_tokens=6, do_sample=False, verbose=False)
+    assert out.shape[1] == ids.shape[1] + 6 and _is_greedy(model, out, ids.shape[1])
+    text = model.tokenizer.decode(out[0, ids.shape[1]:])
+    assert any(c in text.lower() for c in ("red", "blue", "green", "yellow")), text
+    assert "---" not in text
+    said = model.generate("The capital of France is", max_new_tokens=3, do_sample=False, verbose=False)
+    assert isinstance(said, str) and said.startswith("The capital of France is") and "Paris" in said, said
+
+
+def test_generate_with_hooks_attached_runs_the_hooks():
+    from test_features import tiny_lens
+
+    from anatomy.models import correct_generate
+
+    tiny = correct_generate(tiny_lens()[0])
+    ids = torch.tensor([[1, 26843, 665]])
+    free = tiny.generate(ids, max_new_tokens=4, do_sample=False, stop_at_eos=False, verbose=False)
+    assert _is_greedy(tiny, free, 3)
+
+    def push(acts, hook):
+        return acts + 3.0
+
+    with tiny.hooks(fwd_hooks=[("blocks.0.hook_resid_post", push)]):
+        steered = tiny.generate(ids, max_new_tokens=4, do_sample=False, stop_at_eos=False, verbose=False)
+        assert _is_greedy(tiny, steered, 3)
+    assert not torch.equal(steered, free)

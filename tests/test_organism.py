@@ -3,6 +3,8 @@
 import hashlib
 import json
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from anatomy import organism
@@ -130,3 +132,110 @@ def test_generation_is_deterministic():
     prompts = organism.load_prompts()[:3]
     runs = [organism.generate(prompts, seed=0, max_new_tokens=24) for _ in range(2)]
     assert runs[0] == runs[1] and all(len(v) == 2 for v in runs[0].values())
+
+
+# ----------------------------------------------------------------------- scoring a diagnosis
+def scored_organism(n_prompts: int = 80, per_prompt: int = 5, seed: int = 0):
+    """A synthetic organism whose features read two planted concepts: bold (features 0-5, in 40%
+    of chosen responses) and hedge (6-11, in 10% of rejected ones); response topics (12-59) and
+    prompt families (60-107, prompt span only) are unrelated to either; 108-119 are noise. The
+    other concepts are in the chosen responses of 5% of pairs (the controls on both sides), and
+    no feature reads them."""
+    from test_hypotheses import make_features
+
+    rng = np.random.default_rng(seed)
+    n, d = n_prompts * per_prompt, 120
+    prompt_id = np.repeat(np.arange(n_prompts), per_prompt)
+    family = np.asarray(organism.FAMILIES)[prompt_id % len(organism.FAMILIES)]
+    bold = rng.random(n) < 0.4
+    hedge = rng.random(n) < 0.1
+    topic = rng.integers(0, 8, n)
+    freq = {s: np.zeros((n, d)) for s in ("prompt", "chosen", "rejected")}
+
+    def fire(span, rows, cols):
+        freq[span][np.ix_(rows, cols)] = rng.uniform(0.2, 0.5, (len(rows), len(cols))) * (
+            rng.random((len(rows), len(cols))) < 0.9)
+
+    for f in range(8):
+        fire("prompt", np.flatnonzero(prompt_id % 8 == f), range(60 + 6 * f, 66 + 6 * f))
+    for side in ("chosen", "rejected"):
+        for t in range(8):
+            fire(side, np.flatnonzero(topic == t), range(12 + 6 * t, 18 + 6 * t))
+        freq[side][:, 108:] = rng.uniform(0, 0.1, (n, 12)) * (rng.random((n, 12)) < 0.2)
+    fire("chosen", np.flatnonzero(bold), range(0, 6))
+    fire("rejected", np.flatnonzero(hedge), range(6, 12))
+    features = make_features(freq)
+    pairs = []
+    for i in range(n):
+        row = {"id": features.ids[i], "prompt": [{"role": "user", "content": f"Question {prompt_id[i]}?"}],
+               "chosen": f"Answer {i}." + (" **Note** this." if bold[i] else ""),
+               "rejected": f"A short answer {i}." + (" Perhaps, I think." if hedge[i] else ""),
+               "family": str(family[i]), "rejected_kind": organism.KINDS[i % 3]}
+        for k, c in enumerate(organism.CONCEPTS):  # the others: a few responses, read by no feature
+            other = i % 20 == k
+            row[f"{c}_chosen"] = bool(bold[i]) if c == "bold" else other and c != "hedge"
+            row[f"{c}_rejected"] = bool(hedge[i]) if c == "hedge" else other and c in organism.CONTROLS
+        pairs.append(row)
+    return features, pairs
+
+
+@pytest.fixture(scope="module")
+def scored():
+    from anatomy.diagnose import DiagnoseConfig, discover, prompt_keys
+
+    features, pairs = scored_organism()
+    diagnosis = discover(features, prompt_keys(pairs), config=DiagnoseConfig(resolution=1.0, n_boot=0))
+    return diagnosis, pairs, organism.score_diagnosis(diagnosis, pairs, ungated=features)
+
+
+def test_score_diagnosis_finds_the_planted_concepts_with_the_right_sign(scored):
+    diagnosis, pairs, s = scored
+    found = s["detail"]["top20"]["recall_concepts_found"]
+    assert set(found) == {"bold", "hedge"} and s["headline"]["recall_top20"] == pytest.approx(2 / 7)
+    per = s["per_concept"].set_index("concept")
+    for c, sign in (("bold", "chosen"), ("hedge", "rejected")):
+        assert per.at[c, "best_cluster_auroc"] >= organism.AUROC_MATCH and per.at[c, "lost_at"] == ""
+        assert per.at[c, "best_feature"] in (range(0, 6) if c == "bold" else range(6, 12))
+        row = s["ranked"][s["ranked"]["matches"].str.split(",").apply(lambda m, c=c: c in m)].iloc[0]
+        assert row["direction"] == sign and row["rank"] == per.at[c, "best_global_rank_right_sign"]
+    assert per.at["emoji", "lost_at"] == "sae" and per.at["table", "lost_at"] == ""  # table: a control
+    assert per.at["bold", "truth_rate"] == pytest.approx(np.mean([p["bold_chosen"] for p in pairs]))
+    # precision counts the top-20 rows that match a planted concept (here only bold or hedge: the
+    # isolates make a concept of each of several bold features, all of them matches)
+    top = s["ranked"].head(20)
+    matching = top["matches"] != ""
+    assert set(",".join(top.loc[matching, "matches"]).split(",")) == {"bold", "hedge"}
+    assert s["detail"]["top20"]["n_match_planted"] == matching.sum() >= 2
+    assert s["headline"]["precision_top20"] == pytest.approx(matching.mean())
+    assert s["headline"]["controls_min_q"] == 1.0  # no table or rule anywhere
+    assert not s["links"]["finds_links"] and s["links"]["note"] == "no url-matching concept cluster"
+    assert "recall_ungated_scores" in s["detail"]["top20"]
+
+
+def test_covariate_sensitivity_rescores_each_adjustment(scored):
+    diagnosis, pairs, _ = scored
+    rows = organism.covariate_sensitivity(diagnosis, pairs)
+    assert [r["covariate"] for r in rows] == ["length", "length+mean_disparity", "none"]
+    assert all(r["best_rank_right_sign"]["bold"] is not None for r in rows)
+
+
+def test_score_diagnosis_refuses_other_pairs(scored):
+    diagnosis, pairs, _ = scored
+    with pytest.raises(ValueError, match="not the diagnosed pairs"):
+        organism.score_diagnosis(diagnosis, pairs[::-1])
+    with pytest.raises(ValueError, match="ground-truth columns"):
+        organism.score_diagnosis(diagnosis, [{k: p[k] for k in ("id", "prompt", "chosen", "rejected")}
+                                             for p in pairs])
+
+
+def test_auroc_matrix_equals_sklearn():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    scores = np.round(rng.random((200, 4)), 1)  # many ties
+    labels = pd.DataFrame({"a": rng.random(200) < 0.3, "b": scores[:, 1] > 0.5, "none": np.zeros(200, bool)})
+    auc = organism.auroc_matrix(scores, labels)
+    for c in ("a", "b"):
+        for j in range(4):
+            assert auc.at[j, c] == pytest.approx(roc_auc_score(labels[c], scores[:, j]), abs=1e-12)
+    assert auc["none"].isna().all()

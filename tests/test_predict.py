@@ -191,3 +191,61 @@ def test_compare_names_mismatched_concepts():
         compare(pred[:2], obs[:2])
     with pytest.raises(ValueError, match="same for every concept"):
         compare(pd.Series(0.0, index=pred.index), pd.Series([1.0, 2.0, 3.0], index=pred.index))
+
+
+# ----------------------------------------------------------------------------- under a plan
+
+
+def _inputs(ids, **fields):
+    from anatomy.interventions import TrainInputs
+
+    return TrainInputs(ids=list(ids), **fields)
+
+
+def test_predict_shift_under_a_plan_by_hand():
+    chosen, rejected = _pair_tables()
+    plain = predict_shift(chosen, rejected, method="u")
+    empty = predict_shift(chosen, rejected, method="u", plan=_inputs(chosen.index))
+    pd.testing.assert_series_equal(empty, plain)
+    # weights: a dropped pair adds nothing (b's only chosen-only pair is p0)
+    w = predict_shift(chosen, rejected, plan=_inputs(chosen.index, weights=np.array([0.0, 1, 1, 1])))
+    assert w["b"] == pytest.approx(0.0) and w["a"] == pytest.approx(-0.25)
+    # offsets: gradient weight 2σ(−o); a huge positive offset on p0 explains b away, a negative one doubles it
+    for o, expected in ((50.0, 0.0), (-50.0, 0.5), (0.0, 0.25)):
+        shaped = predict_shift(chosen, rejected, plan=_inputs(chosen.index, offsets=np.array([o, 0, 0, 0])))
+        assert shaped["b"] == pytest.approx(expected, abs=1e-9)
+    # effective offsets of hooks / prompts add to the offsets
+    both = _inputs(chosen.index, offsets=np.array([25.0, 0, 0, 0]), effective_offsets=np.array([25.0, 0, 0, 0]))
+    assert predict_shift(chosen, rejected, plan=both)["b"] == pytest.approx(0.0, abs=1e-9)
+    # masks: the share of the concept's tokens removed scales its scores (matched by name)
+    share = {"annotator:a": np.array([[1.0, 0], [0, 0], [1.0, 0], [0, 0]])}
+    masked = predict_shift(chosen, rejected, plan=_inputs(chosen.index, token_share=share))
+    assert masked["a"] == pytest.approx((0 + 0 - 1 - 1) / 4) and masked["b"] == plain["b"]
+    with pytest.raises(ValueError, match="compiled for other pairs"):
+        predict_shift(chosen, rejected, plan=_inputs(["x", "y", "z", "w"]))
+    with pytest.raises(TypeError, match="compile a Plan first"):
+        from anatomy.interventions import Plan
+
+        predict_shift(chosen, rejected, plan=Plan(()))
+
+
+def test_recovery_by_hand_and_its_bootstrap():
+    from anatomy.predict import recovery
+
+    def frame(flags):  # two prompts x two samples, one concept column
+        return pd.DataFrame({"prompt_id": ["a", "a", "b", "b"], "sample": [0, 1, 0, 1], "x": flags, "y": flags})
+
+    before, plain = frame([0, 0, 0, 0]), frame([1, 1, 1, 0])
+    half = frame([1, 0, 0, 0])
+    rec = recovery(before, plain, half, concepts=["x"], n_boot=500, seed=1)
+    r = rec.loc["x"]
+    assert r.recovery == pytest.approx((0.75 - 0.25) / 0.75 * 100) and r.change == pytest.approx(-0.5)
+    assert r.ci_low <= r.recovery <= r.ci_high and r.n_boot_used > 400
+    full = recovery(before, plain, before, concepts=["x"], n_boot=50)
+    assert full.loc["x", "recovery"] == pytest.approx(100.0)
+    none = recovery(before, plain, plain, concepts=["x"], n_boot=50)
+    assert none.loc["x", "recovery"] == pytest.approx(0.0) and none.loc["x", "change"] == 0
+    still = recovery(before, before, half, concepts=["x"], n_boot=50)  # plain DPO did not move it
+    assert np.isnan(still.loc["x", "recovery"])
+    with pytest.raises(ValueError, match="same prompts"):
+        recovery(before, plain, frame([0, 0, 0, 0]).assign(prompt_id=["a", "a", "c", "c"]), concepts=["x"])

@@ -43,15 +43,14 @@ def test_shipped_sae_loads_with_hook_and_small_file(sae):
 @pytest.fixture(scope="module")
 def heldout_tokens(model, sae):
     """Response tokens of 20 organism heldout pairs (chosen + rejected: 40 responses)."""
-    from anatomy.data import load_preferences
+    from anatomy.data import load_preferences, sample_pairs
     from anatomy.saes import collect_activations
 
     try:
         ds = load_preferences("organism", split="heldout")
     except Exception as err:  # the embedded dataset is not built yet
         pytest.skip(f"organism heldout split not available: {err}")
-    rng = np.random.default_rng(0)
-    pairs = [ds[int(i)] for i in sorted(rng.permutation(len(ds))[:20])]
+    pairs = sample_pairs(ds, 20, seed=0)
     hook = sae.cfg.metadata.hook_name
     tacts = collect_activations(model, pairs, hook, progress=False)
     return tacts.acts[hook][torch.as_tensor(tacts.span > 0)]
@@ -102,3 +101,71 @@ def test_sparse_training_step_equals_saelens_forward():
     assert float(a.topk_threshold) == pytest.approx(float(b.topk_threshold))
     for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
         torch.testing.assert_close(pa.grad, pb.grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+# ----------------------------------------------------------------------------- config validation
+
+
+def _tiny_sae_dir(tmp_path, **cfg_edits):
+    """A tiny TopK SAE (d_in 32, 64 latents, k = 8) saved as cfg.json + weights, then cfg.json edited."""
+    import json
+
+    from sae_lens import TopKSAE, TopKSAEConfig
+
+    from anatomy.saes import save_sae
+
+    cfg = TopKSAEConfig(d_in=32, d_sae=64, k=8)
+    cfg.metadata.hook_name = "blocks.1.hook_resid_post"
+    cfg.metadata.training_architecture = "batchtopk"
+    torch.manual_seed(0)
+    path = save_sae(TopKSAE(cfg), tmp_path / "sae", dtype=torch.float32)
+    raw = json.loads((path / CFG_FILE).read_text())
+    for key, value in cfg_edits.items():
+        if value is None:
+            raw.pop(key, None)
+        elif key == "hook_name":
+            raw["metadata"]["hook_name"] = value
+        else:
+            raw[key] = value
+    (path / CFG_FILE).write_text(json.dumps(raw))
+    return path
+
+
+def test_load_sae_refuses_configs_the_weights_contradict_and_names_the_field(tmp_path):
+    from anatomy.saes import SAEConfigError, load_sae
+
+    assert load_sae(str(_tiny_sae_dir(tmp_path / "ok"))).cfg.k == 8
+    with pytest.raises(SAEConfigError, match=r"cfg.json: field 'k' is missing; a topk SAE needs it"):
+        load_sae(str(_tiny_sae_dir(tmp_path / "a", k=None)))
+    with pytest.raises(SAEConfigError, match=r"field 'k' must be an integer in 1..d_sae \(64\), got -3"):
+        load_sae(str(_tiny_sae_dir(tmp_path / "b", k=-3)))
+    with pytest.raises(SAEConfigError, match=r"field 'architecture' is 'standard', but the SAE was trained as TopK"):
+        load_sae(str(_tiny_sae_dir(tmp_path / "c", architecture="standard", k=None)))
+    with pytest.raises(SAEConfigError, match=r"W_enc has shape \(32, 64\), but cfg.json says d_in = 32, d_sae = 128"):
+        load_sae(str(_tiny_sae_dir(tmp_path / "d", d_sae=128)))
+    path = _tiny_sae_dir(tmp_path / "e")
+    from safetensors.torch import load_file, save_file
+
+    w = load_file(str(path / WEIGHTS_FILE))
+    w["W_dec"][3, 4] = float("nan")
+    save_file(w, str(path / WEIGHTS_FILE))
+    with pytest.raises(SAEConfigError, match=r"sae_weights.safetensors: weight 'W_dec' holds 1 NaN"):
+        load_sae(str(path))
+
+
+def test_sae_hook_at_a_layer_the_model_lacks_is_named(tmp_path):
+    from test_features import tiny_lens
+
+    from anatomy.saes import SAEConfigError, load_sae
+
+    model, _ = tiny_lens()
+    path = _tiny_sae_dir(tmp_path, hook_name="blocks.99.hook_resid_post")
+    with pytest.raises(SAEConfigError, match=r"field 'hook_name': hook\(s\) \['blocks.99.hook_resid_post'\] are not "
+                                             r"hooks of the model \(2 layers"):
+        load_sae(str(path), model=model)
+    sae = load_sae(str(path))  # without the model it loads; where it meets the model it is refused
+    from anatomy.features import feature_summaries
+
+    pair = {"id": "a", "prompt": [{"role": "user", "content": "Hi"}], "chosen": "Hello.", "rejected": "No."}
+    with pytest.raises(SAEConfigError, match="field 'hook_name'.*blocks.99"):
+        feature_summaries(model, sae, [pair], progress=False)

@@ -1,0 +1,191 @@
+"""The review app in a real browser: JupyterLab on a loopback port, driven by headless Chromium.
+
+The test copies notebooks/07 into a temporary root (in smoke mode, without the training run),
+starts a token-less JupyterLab there with this interpreter's kernel, opens the notebook in
+Debian's Chromium through Playwright (never a downloaded browser), runs all cells, checks that
+the app is rendered as widgets (ipywidgets DOM, not the text repr), then clicks a decision,
+moves the strength slider with the keyboard and saves, and checks that the plan pane and the
+saved JSON changed. Screenshots go to figures/07_browser_*.png.
+
+Needs /usr/bin/chromium and the playwright package (`make test` installs both where apt is
+available); skips with the reason otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "notebooks" / "07_review_and_plan.ipynb"
+FIGURES = ROOT / "figures"
+CHROMIUM = os.environ.get("ANATOMY_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+RUN_TIMEOUT_MS = 150_000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def playwright_api():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}: `apt-get install chromium chromium-driver` (make test does, as root)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("the playwright package is not installed (pip install playwright; never `playwright install`)")
+    for name in ("anatomy.diagnose", "anatomy.interventions"):
+        try:
+            __import__(name)
+        except ImportError as err:
+            pytest.skip(f"notebook 07 needs {name}: {err}")
+    return sync_playwright
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory, playwright_api, model):
+    """A JupyterLab server on 127.0.0.1 serving a copy of notebook 07 with SMOKE=True."""
+    from papermill.iorw import load_notebook_node, write_ipynb
+    from papermill.parameterize import parameterize_notebook
+
+    root = tmp_path_factory.mktemp("lab")
+    plan_path = root / "plan.json"
+
+    nb = parameterize_notebook(load_notebook_node(str(NOTEBOOK)),
+                               {"SMOKE": True, "TRAIN": False, "PLAN_PATH": str(plan_path),
+                                "DIAGNOSIS_DIR": str(ROOT / "results" / "diagnosis_07"),
+                                "CACHE_DIR": str(ROOT / "results" / "features_07")})
+    write_ipynb(nb, str(root / NOTEBOOK.name))
+    # the notebook's relative paths (../results) resolve inside the temporary root
+    (root / "results").mkdir()
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "HF_HUB_OFFLINE": "1", "JUPYTER_CONFIG_DIR": str(root / ".jupyter"),
+           "JUPYTER_RUNTIME_DIR": str(root / ".runtime"), "JUPYTERLAB_WORKSPACES_DIR": str(root / ".workspaces")}
+    log = open(root / "jupyterlab.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+         "--ServerApp.token=", "--ServerApp.password=", "--ServerApp.disable_check_xsrf=True",
+         f"--ServerApp.root_dir={root}", "--LabApp.news_url=", "--LabApp.check_for_updates_class="
+         "jupyterlab.NeverCheckForUpdate", "--ServerApp.open_browser=False"],
+        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{url}/api/status", timeout=1)
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    pytest.fail(f"JupyterLab exited: {(root / 'jupyterlab.log').read_text()[-2000:]}")
+                time.sleep(0.5)
+        else:
+            pytest.fail("JupyterLab did not answer within 60 s")
+        yield {"url": url, "root": root, "plan": plan_path}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def _shot(page, name: str) -> Path:
+    FIGURES.mkdir(exist_ok=True)
+    path = FIGURES / f"07_browser_{name}.png"
+    page.screenshot(path=str(path), full_page=False)
+    return path
+
+
+def test_review_app_in_jupyterlab(lab, playwright_api, tmp_path):
+    with playwright_api() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=CHROMIUM_ARGS + [f"--user-data-dir={tmp_path / 'chromium'}"])
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1000})
+            page.goto(f"{lab['url']}/lab/tree/{NOTEBOOK.name}", wait_until="domcontentloaded")
+            page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=60_000)
+            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
+            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+            page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+
+            app = page.locator(".anatomy-review")
+            app.wait_for(state="visible", timeout=RUN_TIMEOUT_MS)
+            # the last cell prints "done in"; by then section 3's code decisions are in the plan
+            page.wait_for_selector("text=/done in \\d+ s/", timeout=RUN_TIMEOUT_MS)
+            errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
+                                  " >> text=/Error|Traceback/")
+            assert errors.count() == 0, errors.first.inner_text()
+            # widgets, not their text repr
+            assert app.locator(".jupyter-widgets").count() > 10
+            assert app.locator("select").count() >= 1 and app.locator(".widget-slider").count() >= 1
+            assert page.locator("text=/^(ReviewApp|VBox)\\(/").count() == 0
+            app.scroll_into_view_if_needed()
+            _shot(page, "1_app")
+
+            plan_pane = app.locator(".anatomy-plan")
+            before_plan = plan_pane.inner_text()
+            assert before_plan.count("strength") == 2, before_plan  # the notebook's two decisions
+
+            # a third row: focus the list and move with the keyboard
+            rows = app.locator(".anatomy-rows select")
+            rows.focus()
+            rows.press("Home")
+            rows.press("ArrowDown")
+            rows.press("ArrowDown")
+            page.wait_for_timeout(500)
+            app.locator(".anatomy-action button", has_text="explain away").click()
+            page.wait_for_function("document.querySelector('.anatomy-plan').innerText.split('strength').length - 1 == 3",
+                                   timeout=10_000)
+            after_click = plan_pane.inner_text()
+            assert "explain away" in after_click and after_click != before_plan
+            preview = app.locator(".anatomy-preview").inner_text()
+            assert "pairs get an offset" in preview or "pairs dropped" in preview, preview
+            _shot(page, "2_decision")
+
+            app.locator(".anatomy-save button, button.anatomy-save").first.click()
+            page.wait_for_selector(".anatomy-status >> text=saved 3 decision(s)", timeout=10_000)
+            saved_1 = json.loads(lab["plan"].read_text())
+            assert len(saved_1["decisions"]) == 3
+
+            # the strength slider, by keyboard: three steps right
+            handle = app.locator(".anatomy-strength .noUi-handle")
+            handle.focus()
+            for _ in range(3):
+                handle.press("ArrowRight")
+            page.wait_for_function(
+                "(before) => document.querySelector('.anatomy-plan').innerText !== before",
+                arg=after_click, timeout=10_000)
+            after_slide = plan_pane.inner_text()
+            assert after_slide != after_click
+            _shot(page, "3_strength")
+
+            app.locator(".anatomy-save button, button.anatomy-save").first.click()
+            for _ in range(50):
+                saved_2 = json.loads(lab["plan"].read_text())
+                if saved_2 != saved_1:
+                    break
+                time.sleep(0.1)
+            assert saved_2 != saved_1
+            changed = [(a, b) for a, b in zip(saved_1["decisions"], saved_2["decisions"]) if a != b]
+            assert len(changed) == 1 and changed[0][1]["strength"] > changed[0][0]["strength"]
+            timing = app.locator(".anatomy-timing").inner_text()
+            _shot(page, "4_saved")
+            print(f"app timing after the slider: {timing}")
+        finally:
+            browser.close()
