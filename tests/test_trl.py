@@ -127,10 +127,11 @@ def test_shaped_trainer_matches_train_dpo_on_two_processes(ours_shaped, tmp_path
 
 
 def tiny_bridge(tok, seed: int):
+    """The tiny model in a TransformerBridge (with its own copy of the tokenizer: booting edits the tokenizer)."""
     from transformer_lens.model_bridge import TransformerBridge
 
     return TransformerBridge.boot_transformers("HuggingFaceTB/SmolLM2-135M-Instruct", hf_model=W.tiny_model(tok, seed),
-                                               tokenizer=tok, device="cpu", dtype=torch.float32)
+                                               tokenizer=W.byte_tokenizer(), device="cpu", dtype=torch.float32)
 
 
 def test_policy_hooks_are_on_for_train_only_and_removed_after(tok, pairs, tmp_path):
