@@ -111,6 +111,22 @@ def lab(tmp_path_factory, playwright_api, model):
         log.close()
 
 
+def _accept_kernel(page, *, until, timeout_s: float) -> None:
+    """Wait for ``until()``, answering JupyterLab's "Select Kernel" dialog (the notebook's own
+    python3 kernel, always) whenever it shows up."""
+    t_end = time.monotonic() + timeout_s
+    while not until():
+        dialog = page.locator(".jp-Dialog")
+        if dialog.count() and dialog.locator("button", has_text="Select").count():
+            box = dialog.locator("input[type=checkbox]")
+            if box.count() and not box.first.is_checked():
+                box.first.check()
+            dialog.locator("button", has_text="Select").first.click()
+        if time.monotonic() > t_end:
+            raise TimeoutError(f"JupyterLab did not get there within {timeout_s:.0f} s")
+        page.wait_for_timeout(500)
+
+
 def _shot(page, name: str) -> Path:
     FIGURES.mkdir(exist_ok=True)
     path = FIGURES / f"07_browser_{name}.png"
@@ -128,21 +144,15 @@ def test_review_app_in_jupyterlab(lab, playwright_api, tmp_path):
             page = browser.new_page()
             page.goto(f"{lab['url']}/lab/tree/{NOTEBOOK.name}", wait_until="domcontentloaded")
             page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=60_000)
-            # JupyterLab may ask which kernel to start: the notebook's own (python3)
-            dialog = page.locator(".jp-Dialog button", has_text="Select")
-            try:
-                dialog.wait_for(state="visible", timeout=5_000)
-                dialog.click()
-            except Exception:  # no dialog: the kernel started by itself
-                pass
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
+            _accept_kernel(page, until=lambda: page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")
+                           .count() > 0, timeout_s=60)
             page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
             page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
 
             app = page.locator(".anatomy-review")
-            app.wait_for(state="visible", timeout=RUN_TIMEOUT_MS)
             # the last cell prints "done in"; by then section 3's code decisions are in the plan
-            page.wait_for_selector("text=/done in \\d+ s/", timeout=RUN_TIMEOUT_MS)
+            _accept_kernel(page, until=lambda: page.locator("text=/done in \\d+ s/").count() > 0,
+                           timeout_s=RUN_TIMEOUT_MS / 1000)
             errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
                                   " >> text=/Error|Traceback/")
             assert errors.count() == 0, errors.first.inner_text()
