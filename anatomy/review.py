@@ -391,10 +391,10 @@ class ReviewApp:
     def _row_text(self, r: dict) -> str:
         d = self._decisions.get(r["key"])
         mark = {"explain_away": "−", "amplify": "+"}.get(getattr(d, "action", "allow"), " ")
-        label = str(r["label"] or f"concept {r['concept']}")[:24]
-        return (f"{mark} {r['view'][:6]:6} {str(r['scope'])[:16]:16} {label:24} {r['direction'][:3]:3} "
-                f"{r['effect']:+.3f} [{r['ci_low']:+.3f},{r['ci_high']:+.3f}] q={r['q']:.1e} "
-                f"{'yes' if bool(r['replicated']) else 'no':3} n={int(r['n'])}")
+        label = str(r["label"] or f"concept {r['concept']}")[:22]
+        return (f"{mark}{_short_scope(r)} {label:22} {r['direction'][:3]:3} {r['effect']:+.2f} "
+                f"[{r['ci_low']:+.2f},{r['ci_high']:+.2f}] {r['q']:7.1e} {'yes' if bool(r['replicated']) else 'no':3} "
+                f"{int(r['n'])}")
 
     def _on_select(self) -> None:
         key = self._row_select.value
@@ -468,7 +468,7 @@ class ReviewApp:
         col = row["concept"]
         x = np.asarray(self._u[col], dtype=float) if col in self._u.columns else np.array([])
         with self._u_fig.batch_update():
-            self._u_fig.data[0].x = x
+            self._u_fig.data[0].x = x.tolist()
             self._u_fig.layout.title = f"u of {row['label'] or 'concept ' + str(col)} (chosen − rejected)"
 
     def _draw_members(self, ref) -> None:
@@ -550,7 +550,7 @@ class ReviewApp:
             w = s["weights"]
             vals, what = w[(w != 1) & (w > 0)], f"weights of {s['n_weight']} pairs"
         with self._preview_fig.batch_update():
-            self._preview_fig.data[0].x = vals
+            self._preview_fig.data[0].x = np.asarray(vals, dtype=float).tolist()
             self._preview_fig.layout.title = f"preview: {what}"
 
     def _preview_of(self, d) -> dict:
@@ -650,8 +650,14 @@ class ReviewApp:
         self._plan_html.value = f"<ol style='margin:2px 0'>{''.join(items)}</ol>"
 
 
+def _short_scope(r: dict) -> str:
+    """"G all", "G data 3", "P prompt 0": the view's initial and the scope, 10 characters."""
+    scope = str(r["scope"]).replace(" cluster", "").replace("all pairs", "all")
+    return f"{str(r['view'])[:1].upper()} {scope[:8]:8}"
+
+
 def _row_header() -> str:
-    return f"  {'view':6} {'scope':16} {'label':24} {'dir':3} {'effect':>6} {'[95% CI]':^15} {'q':>9} {'rep':3} n"
+    return f" {'scope':10} {'label':22} {'dir':3} {'effect':>5} {'[95% CI]':^13} {'q':>7} {'rep':3} n"
 
 
 def _join(x) -> str:

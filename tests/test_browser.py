@@ -31,7 +31,7 @@ FIGURES = ROOT / "figures"
 CHROMIUM = os.environ.get("ANATOMY_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-RUN_TIMEOUT_MS = 150_000
+RUN_TIMEOUT_MS = 300_000
 
 
 def _free_port() -> int:
@@ -69,19 +69,25 @@ def lab(tmp_path_factory, playwright_api, model):
                                {"SMOKE": True, "TRAIN": False, "PLAN_PATH": str(plan_path),
                                 "DIAGNOSIS_DIR": str(ROOT / "results" / "diagnosis_07"),
                                 "CACHE_DIR": str(ROOT / "results" / "features_07")})
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
     write_ipynb(nb, str(root / NOTEBOOK.name))
+    # no news pop-up (it would ask to fetch from the network)
+    settings = root / ".settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)
+    (settings / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false"}))
     # the notebook's relative paths (../results) resolve inside the temporary root
     (root / "results").mkdir()
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "HF_HUB_OFFLINE": "1", "JUPYTER_CONFIG_DIR": str(root / ".jupyter"),
-           "JUPYTER_RUNTIME_DIR": str(root / ".runtime"), "JUPYTERLAB_WORKSPACES_DIR": str(root / ".workspaces")}
+           "JUPYTER_RUNTIME_DIR": str(root / ".runtime"), "JUPYTERLAB_WORKSPACES_DIR": str(root / ".workspaces"),
+           "JUPYTERLAB_SETTINGS_DIR": str(root / ".settings")}
     log = open(root / "jupyterlab.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
          "--ServerApp.token=", "--ServerApp.password=", "--ServerApp.disable_check_xsrf=True",
          f"--ServerApp.root_dir={root}", "--LabApp.news_url=", "--LabApp.check_for_updates_class="
-         "jupyterlab.NeverCheckForUpdate", "--ServerApp.open_browser=False"],
+         "jupyterlab.NeverCheckForUpdate", "--LabApp.extension_manager=readonly", "--allow-root"],
         cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -105,6 +111,40 @@ def lab(tmp_path_factory, playwright_api, model):
         log.close()
 
 
+def _accept_kernel(page, *, until, timeout_s: float) -> None:
+    """Wait for ``until()``, answering JupyterLab's "Select Kernel" dialog (the notebook's own
+    python3 kernel, always) whenever it shows up."""
+    t_end = time.monotonic() + timeout_s
+    while True:
+        dialog = page.locator(".jp-Dialog")
+        if dialog.count() and dialog.locator("button", has_text="Select").count():
+            box = dialog.locator("input[type=checkbox]")
+            if box.count() and not box.first.is_checked():
+                box.first.check()
+            dialog.locator("button", has_text="Select").first.click()
+        if until():
+            return
+        if time.monotonic() > t_end:
+            raise TimeoutError(f"JupyterLab did not get there within {timeout_s:.0f} s")
+        page.wait_for_timeout(500)
+
+
+def _run_all(page, tries: int = 5) -> None:
+    """Run > Run All Cells, until a cell shows that it runs or ran ("[*]" or "[1]")."""
+    started = ".jp-InputPrompt:has-text('[*]'), .jp-InputPrompt:has-text('[1]')"
+    for _ in range(tries):
+        page.keyboard.press("Escape")
+        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+        page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+        _accept_kernel(page, until=lambda: True, timeout_s=1)
+        try:
+            page.wait_for_selector(started, timeout=5_000)
+            return
+        except Exception:  # the menu closed before the click landed: once more
+            continue
+    raise AssertionError("Run All Cells did not start the notebook")
+
+
 def _shot(page, name: str) -> Path:
     FIGURES.mkdir(exist_ok=True)
     path = FIGURES / f"07_browser_{name}.png"
@@ -114,20 +154,22 @@ def _shot(page, name: str) -> Path:
 
 def test_review_app_in_jupyterlab(lab, playwright_api, tmp_path):
     with playwright_api() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=CHROMIUM_ARGS + [f"--user-data-dir={tmp_path / 'chromium'}"])
+        # a fresh, empty profile (Playwright passes it as --user-data-dir)
+        browser = p.chromium.launch_persistent_context(str(tmp_path / "chromium"), executable_path=CHROMIUM,
+                                                       headless=True, args=CHROMIUM_ARGS,
+                                                       viewport={"width": 1500, "height": 1000})
         try:
-            page = browser.new_page(viewport={"width": 1500, "height": 1000})
+            page = browser.new_page()
             page.goto(f"{lab['url']}/lab/tree/{NOTEBOOK.name}", wait_until="domcontentloaded")
             page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=60_000)
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
-            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-            page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+            _accept_kernel(page, until=lambda: page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")
+                           .count() > 0, timeout_s=60)
+            _run_all(page)
 
             app = page.locator(".anatomy-review")
-            app.wait_for(state="visible", timeout=RUN_TIMEOUT_MS)
             # the last cell prints "done in"; by then section 3's code decisions are in the plan
-            page.wait_for_selector("text=/done in \\d+ s/", timeout=RUN_TIMEOUT_MS)
+            _accept_kernel(page, until=lambda: page.locator("text=/done in \\d+ s/").count() > 0,
+                           timeout_s=RUN_TIMEOUT_MS / 1000)
             errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
                                   " >> text=/Error|Traceback/")
             assert errors.count() == 0, errors.first.inner_text()
@@ -142,13 +184,15 @@ def test_review_app_in_jupyterlab(lab, playwright_api, tmp_path):
             before_plan = plan_pane.inner_text()
             assert before_plan.count("strength") == 2, before_plan  # the notebook's two decisions
 
-            # a third row: focus the list and move with the keyboard
+            # a third row: click the second, then move down with the keyboard
             rows = app.locator(".anatomy-rows select")
-            rows.focus()
-            rows.press("Home")
+            examples = app.locator(".anatomy-examples-pane")
+            shown = examples.inner_text()
+            rows.select_option(index=1)
             rows.press("ArrowDown")
-            rows.press("ArrowDown")
-            page.wait_for_timeout(500)
+            page.wait_for_function("(before) => document.querySelector('.anatomy-examples-pane').innerText "
+                                   "!== before", arg=shown, timeout=10_000)
+            assert page.evaluate("document.querySelector('.anatomy-rows select').selectedIndex") == 2
             app.locator(".anatomy-action button", has_text="explain away").click()
             page.wait_for_function("document.querySelector('.anatomy-plan').innerText.split('strength').length - 1 == 3",
                                    timeout=10_000)
@@ -187,5 +231,8 @@ def test_review_app_in_jupyterlab(lab, playwright_api, tmp_path):
             timing = app.locator(".anatomy-timing").inner_text()
             _shot(page, "4_saved")
             print(f"app timing after the slider: {timing}")
+        except Exception:
+            _shot(page, "failure")  # what the page showed when the test failed
+            raise
         finally:
             browser.close()

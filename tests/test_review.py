@@ -51,9 +51,10 @@ def test_rows_filter_and_sort(setup):
     app._sort.value = "|effect|"
     eff = [abs(app._by_key[k]["effect"]) for _, k in app._row_select.options]
     assert eff == sorted(eff, reverse=True)
-    row = app._row_select.options[0][0]
-    for part in ("[", "q=", "n="):
-        assert part in row
+    text, key = app._row_select.options[0]
+    r = app._by_key[key]
+    for part in (f"{r['effect']:+.2f}", f"[{r['ci_low']:+.2f},{r['ci_high']:+.2f}]", f"{r['q']:7.1e}", str(r["n"])):
+        assert part in text
 
 
 def test_selected_row_shows_examples_u_and_members(setup):
