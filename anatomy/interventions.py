@@ -408,7 +408,8 @@ def concept_scores(concept: ConceptRef, model, pairs: Sequence[dict], *, directi
         from .features import feature_summaries
 
         pf = feature_summaries(model, sae, pairs, progress=progress)
-    rows = [{pid: i for i, pid in enumerate(pf.ids)}[pid] for pid in ids]
+    position = {pid: i for i, pid in enumerate(pf.ids)}
+    rows = [position[pid] for pid in ids]
     cols = list(feats)
     return np.stack([np.asarray(pf.freq[s][rows][:, cols].sum(1)).ravel() for s in ("chosen", "rejected")], 1)
 
