@@ -47,7 +47,7 @@ import pandas as pd
 
 __all__ = ["DiagnoseConfig", "DiagnoseError", "Diagnosis", "choose_resolution", "feature_cache_key", "cluster_size_profile",
            "covariate_matrix", "default_k", "diagnose", "discover", "discovery_view", "label_top_clusters",
-           "length_finding", "prompt_keys"]
+           "length_finding", "prompt_keys", "rank_global"]
 
 RESOLUTION_GRID = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 COVARIATES = ("length", "length+mean_disparity", "none")  # the dataset-wide rows' adjustment
@@ -243,7 +243,8 @@ def length_finding(features, keys: Sequence[str] | None = None, *, n_boot: int =
     Response length = the tokens of each response that the SAE read (``features.n_tokens``).
     Returns median tokens of chosen and of rejected responses; ``median_gap``, the median of the
     per-pair gap (chosen − rejected) with a percentile-bootstrap CI over pairs (``n_boot``,
-    ``seed``); ``mean_gap``; ``share_chosen_longer`` / ``share_rejected_longer``; ``p`` the
+    ``seed``); ``effect``, the mean per-pair gap (`paired_stats`' effect, the one ``p`` and ``q``
+    test; ``ci_low`` / ``ci_high`` belong to ``median_gap``); ``share_chosen_longer`` / ``share_rejected_longer``; ``p`` the
     Wilcoxon signed-rank test of the gap and ``q`` its Benjamini–Hochberg q (`paired_stats`,
     one test: q = p); ``direction`` (the side that is longer, "chosen" / "rejected" / "none");
     ``log_ratio_mean``, the mean of `length_gap` (the covariate the ranking adjusts for).
@@ -268,7 +269,7 @@ def length_finding(features, keys: Sequence[str] | None = None, *, n_boot: int =
     return {"n": int(n), "n_prompts": int(len(set(keys))) if keys is not None else None,
             "median_chosen": float(np.median(c)), "median_rejected": float(np.median(r)),
             "median_gap": med, "ci_low": lo, "ci_high": hi, "ci_method": f"bootstrap ({n_boot}) of the median gap",
-            "mean_gap": float(gap.mean()), "share_chosen_longer": float((gap > 0).mean()),
+            "effect": float(gap.mean()), "share_chosen_longer": float((gap > 0).mean()),
             "share_rejected_longer": float((gap < 0).mean()),
             "p": float(stats["p"]), "q": float(stats["q"]), "test": "wilcoxon signed-rank",
             "direction": "chosen" if med > 0 else "rejected" if med < 0 else "none",
@@ -346,6 +347,14 @@ class Diagnosis:
         return hypotheses_table(self.u, self.ranked, self.prompt_rows, data_labels=self.data_labels,
                                 prompt_labels=self.prompt_labels, concept_labels=self.labels, top=top,
                                 n_examples=n_examples)
+
+    def rerank(self, *, one_per_concept: bool = True, **changes) -> pd.DataFrame:
+        """The global ranking again under other ranking settings (``changes``: DiagnoseConfig fields
+        such as ``covariate``, ``rank_by``, ``n_boot``, ``redundancy``), on this diagnosis' u, data
+        clusters and data-cluster rows (`rank_global`; needs the pairs in memory for the prompt
+        keys). With no changes it is ``ranked``. one_per_concept=False keeps every row."""
+        return rank_global(self.features, self.u, self.data_labels, self.global_rows, self.prompt_keys,
+                           replace(self.config, **changes), one_per_concept=one_per_concept)
 
     def concept_features(self, concept: int) -> list[int]:
         """The SAE features of concept cluster ``concept``."""
@@ -556,8 +565,8 @@ def discover(features, keys: Sequence[str], *, config: DiagnoseConfig | None = N
     labels (`label_top_clusters` adds them) whose ``features`` are the gated ones.
     """
     from .features import cluster_features, gate_weak_firing
-    from .hypotheses import (data_clusters, global_hypotheses, length_gap, mean_disparity, prompt_clusters,
-                             prompt_conditioned_hypotheses, rank_hypotheses, signed_disparity, symmetric_activity)
+    from .hypotheses import (data_clusters, global_hypotheses, prompt_clusters, prompt_conditioned_hypotheses,
+                             signed_disparity, symmetric_activity)
 
     cfg = config or DiagnoseConfig()
     keys = list(keys)
@@ -594,12 +603,8 @@ def discover(features, keys: Sequence[str], *, config: DiagnoseConfig | None = N
         try:
             data_labels = data_clusters(symmetric_activity(gated, clusters), k=k_data, seed=cfg.seed)
             u = signed_disparity(gated, clusters, tau=cfg.tau)
-            lg, md = length_gap(gated), mean_disparity(u)
             global_rows = global_hypotheses(u, data_labels, min_size=cfg.min_size, groups=groups, seed=cfg.seed)
-            ranked = rank_hypotheses(u, data_labels, conditional=global_rows,
-                                     covariates=covariate_matrix(cfg.covariate, lg, md), min_size=cfg.min_size,
-                                     groups=groups, seed=cfg.seed, n_boot=cfg.n_boot, alpha=cfg.alpha,
-                                     redundancy=cfg.redundancy, by=cfg.rank_by)
+            ranked = rank_global(gated, u, data_labels, global_rows, keys, cfg)
             prompt_labels = prompt_clusters(gated, prompt_concepts, k=k_prompt, seed=cfg.seed)
             prompt_rows = prompt_conditioned_hypotheses(u, prompt_labels, min_size=cfg.min_size, groups=groups,
                                                         seed=cfg.seed)
@@ -607,7 +612,6 @@ def discover(features, keys: Sequence[str], *, config: DiagnoseConfig | None = N
             if "cannot form" in str(err) or "non-silent pairs" in str(err):
                 raise DiagnoseError(f"{n} pairs ({n_prompts} prompts) are too few to cluster: {err}") from None
             raise
-        ranked["duplicate_of"] = ranked["duplicate_of"].astype(np.int64)
     with _stage("length", timings, progress):
         length = length_finding(features, keys, n_boot=cfg.n_boot, seed=cfg.seed)
     settings = {**cfg.to_dict(), "resolution": resolution, "resolution_rule": rule, "k_data": k_data,
@@ -622,6 +626,24 @@ def discover(features, keys: Sequence[str], *, config: DiagnoseConfig | None = N
                      u=u, data_labels=data_labels, prompt_labels=prompt_labels, global_rows=global_rows,
                      ranked=ranked, prompt_rows=prompt_rows, length=length, settings=_plain(settings),
                      timings=timings, config=cfg)
+
+
+def rank_global(features, u: pd.DataFrame, data_labels: np.ndarray, global_rows: pd.DataFrame,
+                keys: Sequence[str], config: DiagnoseConfig, *, one_per_concept: bool = True) -> pd.DataFrame:
+    """The global ranking (`rank_hypotheses`) of the data-cluster rows ``global_rows`` and the
+    dataset-wide rows of ``u``, adjusted by ``config.covariate`` (`covariate_matrix` of the
+    gated ``features``' `length_gap` and u's `mean_disparity`) and ordered by ``config.rank_by``."""
+    from .hypotheses import length_gap, mean_disparity, rank_hypotheses
+
+    lg, md = length_gap(features), mean_disparity(u)
+    ranked = rank_hypotheses(u, data_labels, conditional=global_rows,
+                             covariates=covariate_matrix(config.covariate, lg, md), min_size=config.min_size,
+                             groups=np.asarray(list(keys), dtype=object), seed=config.seed, n_boot=config.n_boot,
+                             alpha=config.alpha, redundancy=config.redundancy, by=config.rank_by,
+                             one_per_concept=one_per_concept)
+    if "duplicate_of" in ranked:
+        ranked["duplicate_of"] = ranked["duplicate_of"].astype(np.int64)
+    return ranked
 
 
 def check_enough_pairs(n: int, config: DiagnoseConfig) -> None:

@@ -496,13 +496,13 @@ def score_diagnosis(diagnosis, pairs, *, tops: Sequence[int] = (10, 20), seed: i
         matching = auc.index[auc[c] >= AUROC_MATCH].tolist()
         hit = ranked_rows[ranked_rows["matches"].str.split(",").apply(lambda m: c in m)]
         row = {"concept": c, "truth_rate": truth_rate(pairs_df, c),
-               "annotator_mean_gap": float(stats.at[c, "effect"]),
+               "annotator_effect": float(stats.at[c, "effect"]),
                "annotator_ci_low": float(stats.at[c, "ci_low"]), "annotator_ci_high": float(stats.at[c, "ci_high"]),
-               "annotator_q_wilcoxon": float(stats.at[c, "q"]),
+               "annotator_q": float(stats.at[c, "q"]),
                "annotator_q_sign": float(stats.at[c, "q_sign"]),
-               "annotator_d_z": float(stats.at[c, "d"]),
-               "bt_coef_heldout_beyond_length": float(reg.at[c, "effect"]),
-               "bt_p_heldout": float(reg.at[c, "p"]), "bt_replicated": bool(reg.at[c, "replicated"]),
+               "annotator_d": float(stats.at[c, "d"]),
+               "bt_effect_beyond_length": float(reg.at[c, "effect"]),
+               "bt_p": float(reg.at[c, "p"]), "bt_replicated": bool(reg.at[c, "replicated"]),
                "best_cluster": best, "best_cluster_auroc": float(auc.at[best, c]),
                "n_matching_clusters": len(matching),
                "best_global_rank_right_sign": int(hit["rank"].min()) if len(hit) else None}

@@ -218,7 +218,7 @@ def main(argv=None) -> dict:
         shown = ["rank", "group", "concept", "label", "direction", "effect", "q", "replicated", "matches",
                  "matches_intended", "best_concept", "best_concept_auroc"]
         print(table[table.view == "global"].head(20)[shown].round(3).to_string(index=False))
-        print(scored["per_concept"][["concept", "truth_rate", "annotator_mean_gap", "annotator_q_wilcoxon",
+        print(scored["per_concept"][["concept", "truth_rate", "annotator_effect", "annotator_q",
                                      "best_cluster", "best_cluster_auroc", "n_matching_clusters",
                                      "best_global_rank_right_sign", "best_feature", "best_feature_auroc",
                                      "best_feature_cluster", "lost_at"]].round(3).to_string(index=False))
