@@ -47,7 +47,7 @@ organism: install
 reproduce-diagnose: install
 	$(PY) benchmarks/reproduce_diagnose.py --features-dir results/features
 
-# issue 6: predict, train DPO, roll out, compare -> results/predict.json + figures/06_*.html
+# predict, train DPO, roll out, compare -> results/predict.json + figures/06_*.html
 reproduce-predict: install
 	$(PY) benchmarks/reproduce_predict.py
 
