@@ -37,7 +37,7 @@ def figures_dir() -> Path:
 def save_figure(fig, name: str) -> Path:
     """Write a plotly figure as ``<figures_dir>/<name>.html`` and return the path.
 
-    plotly.js (~4.6 MB) is embedded in the file, never loaded from a CDN: the page must
+    plotly.js (~4.6 MB) is embedded in the file, never fetched from the network: the page must
     open on a machine without internet (a page that fetches plotly.js from the network is blank there).
     """
     path = figures_dir() / f"{name}.html"
