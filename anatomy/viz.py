@@ -49,7 +49,7 @@ def figure_html(fig, *, include_plotlyjs: bool = False, div_id: str | None = Non
     """A plotly figure as an HTML fragment (a ``<div>`` and its script).
 
     include_plotlyjs: True embeds plotly.js in the fragment (do it once per page); False
-    assumes the page already holds it. Never a CDN link, so the page opens offline.
+    assumes the page already holds it. Never a link to plotly.js on the network, so the page opens offline.
     """
     return fig.to_html(full_html=False, include_plotlyjs=bool(include_plotlyjs), div_id=div_id)
 
