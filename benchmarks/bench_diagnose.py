@@ -17,7 +17,7 @@ and as this process's CPU time (``time.process_time``: less sensitive to other j
 shared machine). Each finished part is written to ``results/bench_diagnose.json`` at once; a
 rerun with the same pairs skips a finished floor. Prints one JSON line.
 
-Usage: python benchmarks/bench_diagnose.py [--n-pairs N] [--threads T]
+Usage: python benchmarks/bench_diagnose.py [--n-pairs N] [--threads T] [--save DIR]
 """
 
 from __future__ import annotations
@@ -83,6 +83,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=str(ROOT / "results" / "bench_diagnose.json"))
+    ap.add_argument("--save", default=None, help="also save the Diagnosis to this directory (after timing)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -115,6 +116,8 @@ def main(argv=None) -> dict:
     record["ratio_cpu"] = round(cpu / record["floor"]["cpu_s"], 2)
     record["goal"] = 1.5
     out.write_text(json.dumps(record, indent=1) + "\n")
+    if args.save:
+        diagnosis.save(args.save)
     print(json.dumps(record))
     return record
 

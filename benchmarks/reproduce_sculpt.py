@@ -58,8 +58,10 @@ LENS_OF = {"reward_shaping": "annotator", "steering": "direction", "inoculation"
 GRIDS = {"reward_shaping": [0.5, 1.0, 2.0, 4.0, 8.0], "filter_pairs": [0.1, 0.2, 0.3, 0.4, 0.6],
          "downweight_pairs": [1.0, 2.0, 4.0, 8.0, 16.0], "steering": [0.5, 1.0, 2.0, 4.0]}
 QUICK_STEERING_GRID = [0.5, 1.0, 2.0]
-# steering and preventative steering: strength = c × the RMS norm of the residual at the hook
+# steering and preventative steering: strength = c × the concept's own mean shift at the hook (the length of its
+# difference of means before normalising; benchmarks/dev_protocol.md, 2026-12-02)
 STEERED = ("steering", "preventative_steering")
+STEERING_UNIT = "mean_shift"
 METHOD_ORDER = ["plain", "reward_shaping", "filter_tokens", "filter_pairs", "downweight_pairs", "inoculation",
                 "steering", "preventative_steering", "ablation"]
 
@@ -103,35 +105,26 @@ def presence(pairs) -> tuple[pd.DataFrame, pd.DataFrame]:
     return c, r
 
 
-def label_directions(model, pairs, hook: str) -> dict:
-    """Difference-of-means unit directions of the targets at ``hook``: responses an annotator flags minus the
-    rest (mean-pooled response tokens of chosen and rejected), as ``(hook, vector)``."""
+def label_directions(model, pairs, hook: str) -> tuple[dict, dict]:
+    """Difference-of-means directions of the targets at ``hook``: responses an annotator flags minus the
+    rest (mean-pooled response tokens of chosen and rejected). Returns the unit directions as
+    ``{concept: (hook, vector)}`` and each one's length before normalising (the concept's own mean shift,
+    the unit of the steering strengths)."""
     from anatomy.cache import cache_pairs
     from anatomy.probes import diff_of_means
 
     pres_c, pres_r = presence(pairs)
     acts = cache_pairs(model, pairs, hook, pooling=("mean",), progress=False)
     x = torch.cat([acts.get(hook, "chosen", "mean"), acts.get(hook, "rejected", "mean")])
-    out = {}
+    out, norms = {}, {}
     for c in TARGETS:
         lab = torch.as_tensor(np.r_[pres_c[c].to_numpy(), pres_r[c].to_numpy()].astype(bool))
         if not 0 < int(lab.sum()) < len(lab):
             raise SystemExit(f"no {c!r} among the {len(pairs)} pairs' responses to read a direction on; "
                              "use more pairs (--n-direction-pairs, --n-dev)")
-        out[c] = (hook, diff_of_means(x[lab], x[~lab]))
-    return out
-
-
-def residual_rms(model, pairs, hook: str) -> float:
-    """RMS norm of the response tokens' residual at ``hook`` (the unit of the steering strengths)."""
-    from anatomy.cache import stream_pair_activations
-
-    sq, n = 0.0, 0
-    for _, acts in stream_pair_activations(model, pairs, hook, progress=False):
-        for s in ("chosen", "rejected"):
-            sq += float((acts[s].float() ** 2).sum())
-            n += len(acts[s])
-    return float(np.sqrt(sq / max(n, 1)))
+        raw = diff_of_means(x[lab], x[~lab], normalize=False)
+        out[c], norms[c] = (hook, raw / raw.norm()), float(raw.norm())
+    return out, norms
 
 
 def _held(lock: Path) -> bool:
@@ -148,12 +141,15 @@ def _held(lock: Path) -> bool:
     return pid != os.getpid()
 
 
-def make_plan(method: str, strength: float):
+def make_plan(method: str, strength: float, units: dict | None = None):
+    """Explain away every target with ``method``; a steering strength is ``strength`` × the concept's unit."""
     from anatomy.interventions import ConceptRef, Decision, Plan
 
     if method == "plain":
         return Plan(())
-    return Plan(tuple(Decision(ConceptRef(LENS_OF[method], c), "explain_away", method, strength) for c in TARGETS))
+    scale = units if method in STEERED else {}
+    return Plan(tuple(Decision(ConceptRef(LENS_OF[method], c), "explain_away", method, strength * scale.get(c, 1.0))
+                      for c in TARGETS))
 
 
 def predicted_recovery(inputs, pres_c, pres_r) -> dict:
@@ -167,29 +163,28 @@ def predicted_recovery(inputs, pres_c, pres_r) -> dict:
             "gradient_weight_mean": shaped.attrs.get("gradient_weight_mean", 1.0)}
 
 
-def calibrate(lens, dev_pairs, directions, rms: float, args) -> dict:
+def calibrate(lens, dev_pairs, directions, units: dict, args) -> dict:
     """The strength of each tunable method, by the dev-protocol rule (predicted recovery on dev pairs)."""
     from anatomy.interventions import compile_plan
     from anatomy.logprobs import pair_logprobs
 
     pres_c, pres_r = presence(dev_pairs)
     ref = pair_logprobs(lens, dev_pairs, batch_size=args.batch_size)
-    out = {"rms": rms, "n_dev_pairs": len(dev_pairs), "grids": {}, "chosen": {}}
+    out = {"steering_unit": STEERING_UNIT, "units": units, "n_dev_pairs": len(dev_pairs), "grids": {}, "chosen": {}}
     for method, grid in GRIDS.items():
         if method == "steering" and args.quick:
             grid = QUICK_STEERING_GRID
         rows = []
         for c in grid:
-            strength = c * rms if method in STEERED else c
-            inputs = compile_plan(make_plan(method, strength), lens, dev_pairs, directions=directions,
+            inputs = compile_plan(make_plan(method, c, units), lens, dev_pairs, directions=directions,
                                   beta=args.beta, ref_logps=ref, seed=args.seed)
             pr = predicted_recovery(inputs, pres_c, pres_r)
-            rows.append({"grid": c, "strength": strength, **pr})
+            rows.append({"grid": c, **pr})
             print(json.dumps({"calibrate": method, **rows[-1]}), flush=True)
         ok = [r for r in rows if r["mean"] >= args.target_recovery]
         pick = ok[0] if ok else max(rows, key=lambda r: r["mean"])
         out["grids"][method] = rows
-        out["chosen"][method] = pick["strength"]
+        out["chosen"][method] = pick["grid"]
     out["chosen"]["preventative_steering"] = out["chosen"]["steering"]  # the same first-order prediction
     return out
 
@@ -198,7 +193,7 @@ def settings_digest(args, method: str, strength) -> str:
     from anatomy.fingerprint import digest
 
     keep = {k: v for k, v in vars(args).items() if k not in ("threads", "methods", "out", "run_dir")}
-    return digest(keep, method, strength)
+    return digest(keep, method, strength, STEERING_UNIT if method in (*STEERED, "calibration") else None)
 
 
 def evaluate(policy, lens, prompts, clean, scorers, roll_kw, margins_before=None) -> dict:
@@ -220,13 +215,14 @@ def evaluate(policy, lens, prompts, clean, scorers, roll_kw, margins_before=None
     }
 
 
-def run_method(method: str, strength, lens, pairs, prompts, clean, directions, ref, scorers, roll_kw, args) -> dict:
+def run_method(method: str, strength, lens, pairs, prompts, clean, directions, units, ref, scorers, roll_kw,
+               args) -> dict:
     from anatomy.interventions import compile_plan
     from anatomy.models import load_model
     from anatomy.train import train_dpo
 
     policy = load_model()
-    plan = make_plan(method, strength if strength is not None else 1.0)
+    plan = make_plan(method, strength if strength is not None else 1.0, units)
     t0 = time.time()
     inputs = compile_plan(plan, lens, pairs, directions=directions, beta=args.beta, ref_logps=ref, seed=args.seed,
                           effective=True)
@@ -392,12 +388,14 @@ def main(argv=None) -> dict:
     n_dir = max(args.n_direction_pairs or 0, len(pairs))
     extra = [train_ds[i] for i in np.random.default_rng(args.seed + 2).permutation(len(train_ds)).tolist()
              if i not in used][: n_dir - len(pairs)]
-    directions = {}  # read when a run first needs them
+    directions, units = {}, {}  # read when a run first needs them
 
     def get_directions() -> dict:
         if not directions:
-            directions.update(label_directions(lens, pairs + extra, hook))
-            log("directions")
+            d, u = label_directions(lens, pairs + extra, hook)
+            directions.update(d)
+            units.update(u)
+            log(f"directions (mean shifts {json.dumps({c: round(v, 2) for c, v in u.items()})})")
         return directions
     tunable = [m for m in args.methods if m in GRIDS or m in STEERED]
     if cal_path.exists() and json.loads(cal_path.read_text()).get("key") == cal_key:
@@ -406,9 +404,8 @@ def main(argv=None) -> dict:
         cal = {"chosen": {}}
     else:
         t0 = time.time()
-        dev_dirs = label_directions(lens, dev_pairs, hook)
-        rms = residual_rms(lens, dev_pairs[:16], hook)
-        cal = {"key": cal_key, **calibrate(lens, dev_pairs, dev_dirs, rms, args),
+        dev_dirs, dev_units = label_directions(lens, dev_pairs, hook)
+        cal = {"key": cal_key, **calibrate(lens, dev_pairs, dev_dirs, dev_units, args),
                "seconds": round(time.time() - t0, 1)}
         cal_path.write_text(json.dumps(cal, indent=1))
     log("calibration")
@@ -445,7 +442,7 @@ def main(argv=None) -> dict:
         try:
             t0 = time.time()
             dirs = get_directions() if LENS_OF.get(method) == "direction" else {}
-            run = run_method(method, strengths.get(method), lens, pairs, prompts, clean, dirs, ref, scorers,
+            run = run_method(method, strengths.get(method), lens, pairs, prompts, clean, dirs, units, ref, scorers,
                              roll_kw, args)
             run["key"] = key
             tmp = path.with_suffix(".tmp")
