@@ -416,12 +416,16 @@ def main(argv=None) -> dict:
     ref_path = run_dir / "ref_logps.pt"
     before_path = run_dir / "before.json"
     before_key = settings_digest(args, "before", None)
-    if ref_path.exists() and before_path.exists() and json.loads(before_path.read_text()).get("key") == before_key:
-        ref = torch.load(ref_path)
+    if before_path.exists() and json.loads(before_path.read_text()).get("key") == before_key:
         before = json.loads(before_path.read_text())
     else:
+        before = None
+    if ref_path.exists() and before is not None:
+        ref = torch.load(ref_path)
+    else:  # the reference log-probs are recomputed whenever missing (they are not kept with the results)
         ref = pair_logprobs(lens, pairs, batch_size=args.batch_size)
         torch.save(ref, ref_path)
+    if before is None:
         before = {"key": before_key, **evaluate(lens, lens, prompts, clean, scorers, roll_kw)}
         before_path.write_text(json.dumps(before))
     log("pre-DPO rollouts")
