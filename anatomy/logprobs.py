@@ -93,6 +93,14 @@ def _encode(tokenizer, pairs, n_ctx: int | None) -> tuple[list[str], list[tuple[
     return ids, seqs
 
 
+def check_one_per_pair(values: Sequence, ids: Sequence[str], field: str) -> None:
+    """Raise unless ``values`` has one entry per pair, naming the field and the first pair without one."""
+    if len(values) != len(ids):
+        n = len(values)
+        extra = f"; pair {ids[n]!r} (index {n}) has none" if n < len(ids) else ""
+        raise ValueError(f"field {field!r}: {n} entries for {len(ids)} pairs; need one per pair{extra}")
+
+
 def _apply_token_masks(seqs, token_masks, ids) -> list[tuple[_Seq, _Seq]]:
     """Fold token masks into the sequences' ``count`` flags.
 
@@ -101,10 +109,7 @@ def _apply_token_masks(seqs, token_masks, ids) -> list[tuple[_Seq, _Seq]]:
     """
     if token_masks is None:
         return seqs
-    if len(token_masks) != len(ids):
-        n = len(token_masks)
-        extra = f"; pair {ids[n]!r} (index {n}) has none" if n < len(ids) else ""
-        raise ValueError(f"field 'token_masks': {n} entries for {len(ids)} pairs; need one per pair{extra}")
+    check_one_per_pair(token_masks, ids, "token_masks")
     out = []
     for pid, pair_seqs, masks in zip(ids, seqs, token_masks):
         if masks is None:

@@ -71,7 +71,7 @@ from .checkpoints import (ADAPTER_FILE, CONFIG_FILE, HISTORY_COLUMNS, HISTORY_FI
 from .fingerprint import digest as _digest
 from .fingerprint import weights_fingerprint as _weights_fingerprint
 from .logprobs import (Hook, _all_logps, _apply_token_masks, _check_head, _check_hooks, _encode, _eval_mode, _hooked,  # noqa: F401
-                       _model_name, _n_ctx, _pad_id, _pair_batch_logps, _Seq, _unwrap, pair_logprobs,
+                       check_one_per_pair, _model_name, _n_ctx, _pad_id, _pair_batch_logps, _Seq, _unwrap, pair_logprobs,
                        preference_margins, sequence_logprobs)
 
 
@@ -212,10 +212,7 @@ def _policy_seqs(tokenizer, pairs, seqs, policy_prompts, ids, n_ctx):
     (same completion tokens and count flags, another prompt)."""
     if policy_prompts is None:
         return seqs
-    if len(policy_prompts) != len(ids):
-        n = len(policy_prompts)
-        extra = f"; pair {ids[n]!r} (index {n}) has none" if n < len(ids) else ""
-        raise ValueError(f"field 'policy_prompts': {n} entries for {len(ids)} pairs; need one per pair{extra}")
+    check_one_per_pair(policy_prompts, ids, "policy_prompts")
     out = []
     for i, (pid, pair_seqs, prompt) in enumerate(zip(ids, seqs, policy_prompts)):
         if prompt is None:
