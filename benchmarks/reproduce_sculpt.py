@@ -1,12 +1,14 @@
-"""Explain away four planted concepts with each method, measure what each recovers (`make reproduce-sculpt`).
+"""Explain away five planted concepts with each method, measure what each recovers (`make reproduce-sculpt`).
 
-On the organism, with the pairs, seed, budget and dose of `make reproduce-predict`'s
-headline (256 training pairs, 2 epochs, β 0.1, lr 2e-5; 64 held-out prompts × 2 samples
-× 64 tokens at T 0.7, the same seed), train plain DPO and one run per method of
-``anatomy.interventions.METHODS``, each explaining away bold, emoji, exclamation and
-flattery at once (the four planted off-target traits with the largest chosen-minus-rejected
-rates that string search reads exactly: two style traits, two tone traits). Then, with
-the pre-DPO model as the lens, on the held-out prompts:
+On the organism, with the seed and dose of `make reproduce-predict`'s headline sized to fit
+a working session (the first 128 of its 256 training pairs, 2 epochs at lr 4e-5: the same
+lr × steps; β 0.1; the same 64 held-out prompts × 2 samples × 64 tokens at T 0.7;
+``--n-train 256 --lr 2e-5`` is the headline size, ~3 h), train plain DPO and one run per
+method of ``anatomy.interventions.METHODS``, each explaining away bold, list_item, emoji,
+exclamation and flattery at once (planted off-target traits that string search reads
+exactly: three style traits with rates of 20-40%, two tone traits at 10%; why these, in
+``benchmarks/dev_protocol.md``). Then, with the pre-DPO model as the lens, on the held-out
+prompts:
 
 - % recovery per targeted concept, ``(plain − method) / (plain − pre-DPO) × 100`` on the
   rollouts' rates, with a bootstrap CI over prompts (``predict.recovery``);
@@ -50,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reproduce_predict import CONCEPTS, _heldout_prompts  # noqa: E402  (the same prompts and concept list)
 
-TARGETS = ("bold", "emoji", "exclamation", "flattery")
+TARGETS = ("bold", "list_item", "emoji", "exclamation", "flattery")
 UNTARGETED = tuple(c for c in CONCEPTS if c not in TARGETS)
 LENS_OF = {"reward_shaping": "annotator", "steering": "direction", "inoculation": "annotator",
            "filter_pairs": "annotator", "downweight_pairs": "annotator", "filter_tokens": "annotator",
@@ -329,9 +331,9 @@ def recovery_figure(table: list[dict]):
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n-train", type=int, default=256)
+    ap.add_argument("--n-train", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--lr", type=float, default=2e-5)
+    ap.add_argument("--lr", type=float, default=4e-5)
     ap.add_argument("--beta", type=float, default=0.1)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--n-prompts", type=int, default=64)
