@@ -9,6 +9,13 @@ saved JSON changed. Screenshots go to figures/07_browser_*.png.
 
 Needs /usr/bin/chromium and the playwright package (`make test` installs both where apt is
 available); skips with the reason otherwise.
+
+On the organism's full diagnosis (all 2,270 train pairs, not part of `make test`: the diagnosis
+takes ~20 minutes of CPU): save it once with the notebook's own settings, e.g.
+``Diagnosis.save("results/diagnosis_07")`` after ``diagnose(load_preferences("organism",
+split="train").to_list())``, then run ``ANATOMY_REVIEW_DIAGNOSIS=results/diagnosis_07 pytest
+tests/test_browser.py``: the notebook runs in full mode (no training) on that diagnosis, and the
+screenshots are named ``07_browser_full_*.png``.
 """
 
 from __future__ import annotations
@@ -32,6 +39,9 @@ CHROMIUM = os.environ.get("ANATOMY_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 RUN_TIMEOUT_MS = 300_000
+# a saved Diagnosis of all organism train pairs: the test then reviews it instead of the smoke one
+FULL_DIAGNOSIS = os.environ.get("ANATOMY_REVIEW_DIAGNOSIS")
+SHOT_PREFIX = "07_browser_full_" if FULL_DIAGNOSIS else "07_browser_"
 
 
 def _free_port() -> int:
@@ -65,10 +75,15 @@ def lab(tmp_path_factory, playwright_api, model):
     root = tmp_path_factory.mktemp("lab")
     plan_path = root / "plan.json"
 
-    nb = parameterize_notebook(load_notebook_node(str(NOTEBOOK)),
-                               {"SMOKE": True, "TRAIN": False, "PLAN_PATH": str(plan_path),
-                                "DIAGNOSIS_DIR": str(ROOT / "results" / "diagnosis_07"),
-                                "CACHE_DIR": str(ROOT / "results" / "features_07")})
+    params = {"SMOKE": True, "TRAIN": False, "PLAN_PATH": str(plan_path),
+              "DIAGNOSIS_DIR": str(ROOT / "results" / "diagnosis_07"),
+              "CACHE_DIR": str(ROOT / "results" / "features_07")}
+    if FULL_DIAGNOSIS:
+        full = Path(FULL_DIAGNOSIS).resolve()
+        if not (full / "manifest.json").exists():
+            pytest.fail(f"ANATOMY_REVIEW_DIAGNOSIS={FULL_DIAGNOSIS}: no saved Diagnosis there (manifest.json missing)")
+        params.update(SMOKE=False, N_PAIRS=None, DIAGNOSIS_DIR=str(full))
+    nb = parameterize_notebook(load_notebook_node(str(NOTEBOOK)), params)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
     write_ipynb(nb, str(root / NOTEBOOK.name))
     # no news pop-up (it would ask to fetch from the network)
@@ -147,7 +162,7 @@ def _run_all(page, tries: int = 5) -> None:
 
 def _shot(page, name: str) -> Path:
     FIGURES.mkdir(exist_ok=True)
-    path = FIGURES / f"07_browser_{name}.png"
+    path = FIGURES / f"{SHOT_PREFIX}{name}.png"
     page.screenshot(path=str(path), full_page=False)
     return path
 
@@ -173,6 +188,8 @@ def test_review_app_in_jupyterlab(lab, playwright_api, tmp_path):
             errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
                                   " >> text=/Error|Traceback/")
             assert errors.count() == 0, errors.first.inner_text()
+            if FULL_DIAGNOSIS:  # the saved diagnosis was read, not recomputed, and it is the full one
+                assert page.locator("text=/loaded the diagnosis of 2270 pairs/").count() == 1
             # widgets, not their text repr
             assert app.locator(".jupyter-widgets").count() > 10
             assert app.locator("select").count() >= 1 and app.locator(".widget-slider").count() >= 1
