@@ -35,7 +35,7 @@ browser:
 	else echo "no apt as root: the browser test will skip unless /usr/bin/chromium exists"; fi
 
 test: install browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 bench: install
 	$(PY) benchmarks/bench_cache.py

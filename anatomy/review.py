@@ -480,7 +480,8 @@ class ReviewApp:
         flabels = det.get("feature_labels", [""] * len(feats))
         parts = [f"<b>concept {ref.cluster}: {len(ref.features)} SAE feature(s)</b>"]
         if det.get("top_tokens"):
-            parts.append(f"<div>top tokens: {html.escape(_join(det['top_tokens']))}</div>")
+            parts.append(f"<div>top tokens: {html.escape(' · '.join(t.strip() for t in _tokens_of(det['top_tokens'])))}"
+                         "</div>")
         parts.append("<ul style='margin:2px 0'>" + "".join(
             f"<li>feature {int(f)}{': ' + html.escape(_join(fl)) if fl else ''}</li>"
             for f, fl in zip(feats[:12], list(flabels)[:12])) + "</ul>")
@@ -665,7 +666,11 @@ def _join(x) -> str:
 
 
 def _tokens_of(x) -> list[str]:
-    return [str(t) for t in x] if isinstance(x, (list, tuple, np.ndarray)) else [t for t in str(x).split(" · ") if t]
+    """The token texts of ``top_tokens``: ``(token, enrichment)`` pairs (lists once read back from JSON),
+    plain strings, or one " · "-joined string."""
+    if isinstance(x, (list, tuple, np.ndarray)):
+        return [str(t[0]) if isinstance(t, (list, tuple)) and len(t) else str(t) for t in x]
+    return [t for t in str(x).split(" · ") if t]
 
 
 def _as_list(pairs) -> list[dict]:

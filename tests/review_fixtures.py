@@ -80,7 +80,8 @@ def small_diagnosis(pairs: list[dict], *, n_concepts: int = 6, n_prompt_rows: in
     labels = {c: f"{words[c % 8]} · {words[(c + 3) % 8]}" for c in range(n_concepts)}
     details = {c: {"size": 2 + c % 2, "features": [f for f, k in zip(feats, clus) if k == c],
                    "feature_labels": [f"f{f} {words[f % 8]}" for f, k in zip(feats, clus) if k == c],
-                   "top_tokens": [words[c % 8], words[(c + 3) % 8]], "snippets": []} for c in range(n_concepts)}
+                   "top_tokens": [[f" {words[c % 8]}", 3.5], [f" {words[(c + 3) % 8]}", 2.1]],  # as Diagnosis.load gives them
+                   "snippets": []} for c in range(n_concepts)}
     data_labels = np.arange(n) % 3 - 1
     prompt_labels = np.arange(n) % 2
     recs = []

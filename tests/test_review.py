@@ -69,6 +69,9 @@ def test_selected_row_shows_examples_u_and_members(setup):
     np.testing.assert_allclose(app._u_fig.data[0].x, diag.u[1].to_numpy())
     assert "3 SAE feature(s)" in app._members.value and "f10" in app._members.value
     assert "top tokens: sorry · link" in app._members.value
+    # the examples mark the concept's top tokens: the regex reads the token texts, not the (token, score) pairs
+    rx = app._token_regex(app._by_key["global:all pairs:1"])
+    assert rx is not None and rx.fullmatch("sorry") and not rx.search("3.5")
 
 
 def test_methods_fit_the_lens_and_the_action(setup, iv):
