@@ -11,6 +11,9 @@ scores of the policy before and after DPO (``evals.measure``); returns
   member features, from ``anatomy.features.PairFeatures``;
 - ``observed_shift``: per concept, the rollouts' activity before and after and
   the shift with a bootstrap CI that resamples prompts;
+- ``noise_ceiling``: how reliable the observed shifts are across concepts (split halves of
+  the prompts, and of the samples per prompt, Spearman–Brown corrected), and so the largest
+  R² that even a perfect prediction could reach against them;
 - ``compare``: how well the prediction explains the observation (R², Pearson,
   Spearman, slope ± SE) and a labelled scatter (plotly);
 - ``recovery``: how much of plain DPO's shift a shaped run undoes, per concept, with a
@@ -32,7 +35,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-__all__ = ["compare", "observed_shift", "predict_shift", "predict_shift_from_features", "recovery"]
+__all__ = ["compare", "noise_ceiling", "observed_shift", "predict_shift", "predict_shift_from_features",
+           "recovery"]
 
 
 def _check_finite(df: pd.DataFrame, what: str, key: pd.Index | None = None) -> None:
@@ -42,6 +46,23 @@ def _check_finite(df: pd.DataFrame, what: str, key: pd.Index | None = None) -> N
         where = f"row {df.index[r]!r}" if key is None else f"{key.name or 'row'} {key[r]!r}"
         raise ValueError(f"{what}: concept {df.columns[c]!r} has a non-finite value at {where} "
                          f"({int(bad.sum())} in all); drop or fill those rows first")
+
+
+def _rollout_values(df: pd.DataFrame, concepts: Sequence, prompt_col: str, stat: str, tau: float,
+                    name: str) -> pd.DataFrame:
+    """``[rollouts, concepts]`` of what a shift averages: ``1[x > tau]`` (``stat="rate"``) or ``x``
+    (``"mean"``); a non-finite score is refused, naming the concept and the prompt."""
+    x = df[list(concepts)].astype(float)
+    _check_finite(x, name, pd.Index(df[prompt_col].to_numpy(), name=prompt_col))
+    return (x > tau).astype(float) if stat == "rate" else x
+
+
+def _sums(values: pd.DataFrame, keys, order: pd.Index) -> tuple[np.ndarray, np.ndarray]:
+    """Per group of ``keys`` (one key per rollout), in the order of ``order``: the sum of ``values``
+    ``[groups, concepts]`` and the number of rollouts ``[groups]`` (0 for a group with none)."""
+    g = values.groupby(keys)
+    return (g.sum().reindex(order).fillna(0.0).to_numpy(),
+            g.size().reindex(order).fillna(0).to_numpy(dtype=float))
 
 
 def predict_shift(
@@ -206,14 +227,8 @@ def recovery(
         raise ValueError("before, plain and shaped must cover the same prompts")
     prompts = pd.Index(sorted(sets["before"], key=str))
 
-    def per_prompt(df, name):
-        x = df[concepts].astype(float)
-        _check_finite(x, name, pd.Index(df[prompt_col].to_numpy(), name=prompt_col))
-        x = (x > tau).astype(float) if stat == "rate" else x
-        grp = x.groupby(df[prompt_col].to_numpy())
-        return grp.sum().reindex(prompts).to_numpy(), grp.size().reindex(prompts).to_numpy(dtype=float)
-
-    S = {k: per_prompt(v, k) for k, v in frames.items()}
+    S = {k: _sums(_rollout_values(v, concepts, prompt_col, stat, tau, k), v[prompt_col].to_numpy(), prompts)
+         for k, v in frames.items()}
     mean = {k: s.sum(0) / n.sum() for k, (s, n) in S.items()}
     rng = np.random.default_rng(seed)
     P = len(prompts)
@@ -300,6 +315,28 @@ def _concept_columns(before: pd.DataFrame, after: pd.DataFrame, prompt_col: str,
     return concepts
 
 
+def _before_after(before: pd.DataFrame, after: pd.DataFrame, prompt_col: str, stat: str,
+                  concepts: Sequence[str] | None) -> tuple[list, pd.Index]:
+    """The checks every before-vs-after reading shares: ``stat``, the prompt column, non-empty
+    frames, the concept columns (``_concept_columns``) and the same prompts on both sides.
+    Returns the concept columns and the prompts (sorted as strings)."""
+    if stat not in ("rate", "mean"):
+        raise ValueError(f"stat must be 'rate' or 'mean', got {stat!r}")
+    for name, df in (("before", before), ("after", after)):
+        if not isinstance(df, pd.DataFrame):
+            raise ValueError(f"`{name}` must be a pandas DataFrame (evals.measure output), got {type(df).__name__}")
+        if prompt_col not in df.columns:
+            raise ValueError(f"`{name}` has no prompt column {prompt_col!r}; columns: {list(df.columns)[:10]}")
+        if len(df) == 0:
+            raise ValueError(f"`{name}` has no rollouts")
+    concepts = _concept_columns(before, after, prompt_col, concepts)
+    pb, pa = set(before[prompt_col]), set(after[prompt_col])
+    if pb != pa:
+        raise ValueError(f"before and after cover different prompts: only before {sorted(pb - pa, key=str)[:5]}, "
+                         f"only after {sorted(pa - pb, key=str)[:5]} ({len(pb - pa)} and {len(pa - pb)} in all)")
+    return concepts, pd.Index(sorted(pb, key=str), name=prompt_col)
+
+
 def observed_shift(
     before: pd.DataFrame,
     after: pd.DataFrame,
@@ -342,31 +379,13 @@ def observed_shift(
         ValueError: missing columns, different prompt sets (naming some), NaN
             scores (naming the concept and prompt), or bad settings.
     """
-    if stat not in ("rate", "mean"):
-        raise ValueError(f"stat must be 'rate' or 'mean', got {stat!r}")
     if not 0 < ci < 1 or n_boot < 1:
         raise ValueError(f"need 0 < ci < 1 and n_boot >= 1 (got ci={ci}, n_boot={n_boot})")
-    for name, df in (("before", before), ("after", after)):
-        if prompt_col not in df.columns:
-            raise ValueError(f"`{name}` has no prompt column {prompt_col!r}; columns: {list(df.columns)[:10]}")
-        if len(df) == 0:
-            raise ValueError(f"`{name}` has no rollouts")
-    concepts = _concept_columns(before, after, prompt_col, concepts)
-    pb, pa = set(before[prompt_col]), set(after[prompt_col])
-    if pb != pa:
-        raise ValueError(f"before and after cover different prompts: only before {sorted(pb - pa, key=str)[:5]}, "
-                         f"only after {sorted(pa - pb, key=str)[:5]} ({len(pb - pa)} and {len(pa - pb)} in all)")
-    prompts = pd.Index(sorted(pb, key=str), name=prompt_col)
-
-    def per_prompt(df, name):
-        x = df[concepts].astype(float)
-        _check_finite(x, name, pd.Index(df[prompt_col].to_numpy(), name=prompt_col))
-        x = (x > tau).astype(float) if stat == "rate" else x
-        g = x.groupby(df[prompt_col].to_numpy())
-        return g.sum().reindex(prompts).to_numpy(), g.size().reindex(prompts).to_numpy(dtype=float)
-
-    Sb, Nb = per_prompt(before, "before")
-    Sa, Na = per_prompt(after, "after")
+    concepts, prompts = _before_after(before, after, prompt_col, stat, concepts)
+    Sb, Nb = _sums(_rollout_values(before, concepts, prompt_col, stat, tau, "before"), before[prompt_col].to_numpy(),
+                   prompts)
+    Sa, Na = _sums(_rollout_values(after, concepts, prompt_col, stat, tau, "after"), after[prompt_col].to_numpy(),
+                   prompts)
     b_mean, a_mean = Sb.sum(0) / Nb.sum(), Sa.sum(0) / Na.sum()
     rng = np.random.default_rng(seed)
     P = len(prompts)
@@ -380,6 +399,172 @@ def observed_shift(
     }, index=pd.Index(concepts, name="concept"))
     out.attrs.update({"stat": stat, "tau": tau, "n_boot": n_boot, "ci": ci, "seed": seed})
     return out
+
+
+def noise_ceiling(
+    before: pd.DataFrame,
+    after: pd.DataFrame,
+    *,
+    prompt_col: str = "prompt_id",
+    sample_col: str = "sample",
+    stat: Literal["rate", "mean"] = "rate",
+    tau: float = 0.01,
+    concepts: Sequence[str] | None = None,
+    n_splits: int = 200,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """How reliable the observed shifts are across concepts: the R² a perfect prediction could reach.
+
+    ``compare`` correlates a predicted shift with the shift ``observed_shift`` measures on a
+    finite set of rollouts. The measured shift is the true shift plus rollout noise, so even
+    a prediction equal to the true shift explains only part of its variance across concepts:
+    ``R²_max = var(true) / var(observed)``, the reliability of the observed shift. A lens whose
+    R² is near this ceiling predicts as well as the rollouts can show; one far below it does not.
+
+    How it is computed. Inputs, ``stat``, ``tau`` and ``concepts`` are those of
+    ``observed_shift`` (pass the same frames and settings, e.g. the same standardised columns:
+    the reliability depends on each concept's units). Per concept the shift of a set of rollouts
+    is ``after − before`` of the per-rollout values (``1[x > tau]`` or ``x``), each side pooled
+    over its rollouts, as in ``observed_shift``.
+
+    - ``split="prompts"``: ``n_splits`` times, the prompts are drawn into two random halves
+      (``floor(P/2)`` and the rest; the same halves for before and after); each half gives a
+      vector of shifts over the concepts; ``r`` is the Pearson correlation of the two vectors.
+      A split whose half-vectors are constant (no variance across concepts) gives no ``r`` and
+      is left out (``n_splits`` counts the splits used). This reliability covers all the noise
+      of the measurement: which prompts were drawn and which samples each gave.
+    - ``split="samples"``: the same with every prompt kept in both halves and, per prompt, its
+      sample ids drawn into two halves (``floor(k/2)`` and the rest; sample ``s`` before and
+      sample ``s`` after go to the same half: ``evals.rollouts`` gives them the same random
+      draws). Only when every prompt has at least 2 samples on each side; otherwise the row is
+      NaN with ``n_splits = 0``. It covers the sampling noise on these prompts only, so it is
+      at least as high as the prompts' row, up to split noise.
+
+    ``r_half`` is the mean of ``r`` over the splits, ``reliability`` its Spearman–Brown
+    correction to the full set of rollouts, ``2 r_half / (1 + r_half)`` (a half has half the
+    rollouts); ``split_low`` / ``split_high`` are the 2.5th and 97.5th percentiles of the
+    per-split ``2r / (1 + r)`` (how much the estimate depends on the random split, not a
+    sampling CI). ``ceiling_r2 = reliability`` clipped to [0, 1]: the expected R² of a perfect
+    predictor. (A prediction with noise of its own can reach at most ``ceiling_r2`` times its
+    own reliability.) The prompts' row is the ceiling to report beside ``compare``'s R². Both
+    are estimates from the same rollouts: with few concepts an R² can exceed its ceiling by chance.
+
+    Args:
+        before, after: ``evals.measure`` outputs of the same prompts (one row per rollout, with
+            ``prompt_col`` and, for the sample split, ``sample_col``).
+        n_splits: random splits per row; ``seed``: their seed (the prompt and sample splits
+            draw from separate streams, so either row is the same whether or not the other
+            can be computed).
+
+    Returns:
+        DataFrame indexed by ``split`` ("prompts", "samples"): ``r_half``, ``reliability``,
+        ``split_low``, ``split_high``, ``ceiling_r2``, ``n`` (concepts), ``n_splits`` (splits
+        used), ``n_prompts``, ``n_samples`` (the fewest samples of a prompt on either side);
+        ``attrs`` holds the settings.
+
+    Raises:
+        ValueError: fewer than 2 prompts or 3 concepts, ``n_splits < 1``, and everything
+            ``observed_shift`` refuses (missing columns, different prompts, NaN scores).
+    """
+    if isinstance(n_splits, bool) or not isinstance(n_splits, (int, np.integer)) or n_splits < 1:
+        raise ValueError(f"n_splits must be an integer >= 1, got {n_splits!r}")
+    concepts, prompts = _before_after(before, after, prompt_col, stat, concepts)
+    if len(prompts) < 2:
+        raise ValueError(f"need at least 2 prompts to split them into halves, got {len(prompts)}")
+    if len(concepts) < 3:
+        raise ValueError(f"need at least 3 concepts to correlate shifts across concepts, got {len(concepts)}")
+    values = {name: _rollout_values(df, concepts, prompt_col, stat, tau, name)
+              for name, df in (("before", before), ("after", after))}
+    frames = {"before": before, "after": after}
+
+    def prompt_sums(name):
+        return _sums(values[name], frames[name][prompt_col].to_numpy(), prompts)
+
+    rows = {"prompts": _split_half_r(prompt_sums("before"), prompt_sums("after"),
+                                     _prompt_halves(len(prompts), n_splits, np.random.default_rng(seed)))}
+    has_samples = all(sample_col in df.columns for df in frames.values())
+    n_samples = min(int(df.groupby(prompt_col)[sample_col].nunique().min()) for df in frames.values()) \
+        if has_samples else 0
+    if n_samples >= 2:  # (prompt, sample) units, each in one half, before and after alike
+        units = pd.MultiIndex.from_frame(
+            pd.concat([df[[prompt_col, sample_col]] for df in frames.values()]).drop_duplicates()
+            .sort_values([prompt_col, sample_col], key=lambda c: c.astype(str)))
+
+        def unit_sums(name):
+            df = frames[name]
+            return _sums(values[name], [df[prompt_col].to_numpy(), df[sample_col].to_numpy()], units)
+
+        halves = _sample_halves(units.get_level_values(0), n_splits, np.random.default_rng([seed, 1]))
+        rows["samples"] = _split_half_r(unit_sums("before"), unit_sums("after"), halves)
+    out = []
+    for split in ("prompts", "samples"):
+        r = rows.get(split, np.array([]))
+        r_half = float(r.mean()) if len(r) else np.nan
+        lo, hi = np.quantile(r, [0.025, 0.975]) if len(r) else (np.nan, np.nan)
+        rel = _spearman_brown(r_half)
+        out.append({"split": split, "r_half": r_half, "reliability": rel, "split_low": _spearman_brown(lo),
+                    "split_high": _spearman_brown(hi),
+                    "ceiling_r2": np.nan if np.isnan(rel) else float(np.clip(rel, 0.0, 1.0)),
+                    "n": len(concepts), "n_splits": len(r), "n_prompts": len(prompts), "n_samples": n_samples})
+    table = pd.DataFrame(out).set_index("split")
+    table.attrs.update({"stat": stat, "tau": tau, "n_splits": n_splits, "seed": seed})
+    return table
+
+
+def _spearman_brown(r: float) -> float:
+    """The reliability of the full set from the correlation of its two halves: ``2r / (1 + r)``
+    (``-inf`` at ``r = -1``, NaN for NaN)."""
+    r = float(r)
+    if not np.isfinite(r):
+        return np.nan
+    return 2 * r / (1 + r) if r > -1 else -np.inf
+
+
+def _prompt_halves(n_prompts: int, n_splits: int, rng: np.random.Generator) -> np.ndarray:
+    """``bool[n_splits, n_prompts]``: per split, a random ``floor(n/2)`` of the prompts (half A)."""
+    halves = np.zeros((n_splits, n_prompts), dtype=bool)
+    for k in range(n_splits):
+        halves[k, rng.permutation(n_prompts)[: n_prompts // 2]] = True
+    return halves
+
+
+def _sample_halves(prompt_of_unit, n_splits: int, rng: np.random.Generator) -> np.ndarray:
+    """``bool[n_splits, n_units]``: per split and prompt, a random ``floor(k/2)`` of the prompt's
+    ``k`` (prompt, sample) units in half A; every prompt is in both halves."""
+    codes = pd.factorize(np.asarray(prompt_of_unit), sort=False)[0]
+    sizes = np.bincount(codes)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    halves = np.zeros((n_splits, len(codes)), dtype=bool)
+    for k in range(n_splits):
+        order = np.lexsort((rng.random(len(codes)), codes))  # grouped by prompt, shuffled within
+        rank = np.arange(len(codes)) - starts[codes[order]]
+        halves[k, order] = rank < sizes[codes[order]] // 2
+    return halves
+
+
+def _split_half_r(before: tuple[np.ndarray, np.ndarray], after: tuple[np.ndarray, np.ndarray],
+                  halves: np.ndarray) -> np.ndarray:
+    """Per split, the Pearson r across concepts of the two halves' shifts.
+
+    ``before`` / ``after``: ``(sums [units, concepts], counts [units])``; ``halves``:
+    ``bool[n_splits, units]`` (True: half A). A shift is ``after − before``, each side pooled
+    over its rollouts in the half. Splits with a constant half-vector (or an empty side) are
+    dropped. Returns ``r[n_used]``.
+    """
+    H = halves.astype(float)
+
+    def shift(W):
+        (Sb, Nb), (Sa, Na) = before, after
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (W @ Sa) / (W @ Na)[:, None] - (W @ Sb) / (W @ Nb)[:, None]
+
+    a, b = shift(H), shift(1.0 - H)
+    a = a - a.mean(1, keepdims=True)
+    b = b - b.mean(1, keepdims=True)
+    den = np.sqrt((a * a).sum(1) * (b * b).sum(1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = (a * b).sum(1) / den
+    return r[np.isfinite(r) & (den > 1e-24)]
 
 
 def compare(

@@ -249,3 +249,205 @@ def test_recovery_by_hand_and_its_bootstrap():
     assert np.isnan(still.loc["x", "recovery"])
     with pytest.raises(ValueError, match="same prompts"):
         recovery(before, plain, frame([0, 0, 0, 0]).assign(prompt_id=["a", "a", "c", "c"]), concepts=["x"])
+
+
+# ----------------------------------------------------------------------------- noise_ceiling
+
+
+def _concept_frames(values: np.ndarray) -> pd.DataFrame:
+    """values[p, s, c] -> one row per (prompt p, sample s), one column per concept c."""
+    P, S, C = values.shape
+    return pd.DataFrame({"prompt_id": np.repeat([f"q{p}" for p in range(P)], S), "sample": np.tile(np.arange(S), P),
+                         **{f"c{j}": values[:, :, j].ravel() for j in range(C)}})
+
+
+def _experiment(rng, true, *, noise, prompt_sd=0.0, P=30, S=2):
+    """Rollout scores before / after of concepts whose true shift is ``true``: a per-prompt base
+    shared by both sides, per-rollout noise ``noise``, per-prompt deviations of the shift ``prompt_sd``."""
+    C = len(true)
+    base = rng.normal(0, 1, (P, 1, C))
+    before = base + rng.normal(0, noise, (P, S, C))
+    after = base + true + rng.normal(0, prompt_sd, (P, 1, C)) + rng.normal(0, noise, (P, S, C))
+    return _concept_frames(before), _concept_frames(after)
+
+
+def test_noise_ceiling_is_the_r2_a_perfect_predictor_reaches():
+    from anatomy.predict import noise_ceiling
+
+    for noise in (1.0, 3.0):
+        r2, ceiling = [], []
+        for rep in range(20):
+            rng = np.random.default_rng(rep)
+            true = rng.normal(0, 0.5, 15)
+            before, after = _experiment(rng, true, noise=noise)
+            observed = observed_shift(before, after, stat="mean", n_boot=1)["effect"].to_numpy()
+            r2.append(np.corrcoef(true, observed)[0, 1] ** 2)
+            ceiling.append(noise_ceiling(before, after, stat="mean", n_splits=60, seed=rep).loc["prompts", "ceiling_r2"])
+        assert np.mean(ceiling) == pytest.approx(np.mean(r2), abs=0.08), noise
+
+
+def test_noise_ceiling_high_with_small_noise_low_with_large_noise():
+    from anatomy.predict import noise_ceiling
+
+    rng = np.random.default_rng(0)
+    true = rng.normal(0, 0.5, 12)
+    quiet = noise_ceiling(*_experiment(rng, true, noise=0.05), stat="mean", n_splits=50)
+    loud = noise_ceiling(*_experiment(rng, true, noise=20.0), stat="mean", n_splits=50)
+    assert quiet.loc["prompts", "ceiling_r2"] > 0.97 and quiet.loc["samples", "ceiling_r2"] > 0.97
+    assert loud.loc["prompts", "ceiling_r2"] < 0.4
+    assert loud.loc["prompts", "split_low"] <= loud.loc["prompts", "reliability"] <= loud.loc["prompts", "split_high"]
+    assert quiet.loc["prompts", "n"] == 12 and quiet.loc["prompts", "n_splits"] == 50
+    assert quiet.loc["prompts", "n_prompts"] == 30 and quiet.loc["samples", "n_samples"] == 2
+
+
+def test_noise_ceiling_sample_halves_miss_prompt_level_noise():
+    # the shift differs from prompt to prompt: only the prompt halves see that noise
+    from anatomy.predict import noise_ceiling
+
+    rng = np.random.default_rng(3)
+    table = noise_ceiling(*_experiment(rng, rng.normal(0, 0.5, 15), noise=0.3, prompt_sd=4.0, S=4), stat="mean")
+    assert table.loc["samples", "ceiling_r2"] > 0.9
+    assert table.loc["prompts", "ceiling_r2"] < table.loc["samples", "ceiling_r2"] - 0.2
+
+
+def test_noise_ceiling_keeps_sample_s_before_and_after_in_one_half():
+    # common random numbers: rollout (p, s) carries the same large noise before and after, so
+    # every half's shift is the true shift exactly, as long as the pairing is kept
+    from anatomy.predict import noise_ceiling
+
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 50, (10, 4, 5))
+    true = np.array([0.0, 1.0, -2.0, 0.5, 3.0])
+    table = noise_ceiling(_concept_frames(noise), _concept_frames(noise + true), stat="mean", n_splits=30)
+    assert table["r_half"].to_numpy() == pytest.approx([1.0, 1.0])
+    assert table["ceiling_r2"].to_numpy() == pytest.approx([1.0, 1.0])
+
+
+def test_noise_ceiling_two_prompts_by_hand():
+    # with two prompts every split puts one prompt in each half: r = corr(shift of q0, shift of q1)
+    from anatomy.predict import noise_ceiling
+
+    before = _concept_frames(np.zeros((2, 1, 4)))
+    after_values = np.array([[[0.0, 0.5, 0.0, 1.0]], [[0.0, 0.0, 1.0, 1.0]]])  # rates with tau 0.01
+    table = noise_ceiling(before, _concept_frames(after_values), n_splits=7)
+    r = np.corrcoef([0, 1, 0, 1], [0, 0, 1, 1])[0, 1]  # q0 shows c1, c3; q1 shows c2, c3
+    row = table.loc["prompts"]
+    assert row["r_half"] == pytest.approx(r) and row["reliability"] == pytest.approx(2 * r / (1 + r))
+    assert row["ceiling_r2"] == pytest.approx(max(0.0, 2 * r / (1 + r))) and row["n_splits"] == 7
+    # one sample per prompt: no sample halves
+    assert np.isnan(table.loc["samples", "reliability"]) and table.loc["samples", "n_splits"] == 0
+
+
+def test_noise_ceiling_is_deterministic_under_a_seed():
+    from anatomy.predict import noise_ceiling
+
+    rng = np.random.default_rng(5)
+    before, after = _experiment(rng, rng.normal(0, 0.3, 10), noise=2.0, P=12, S=3)
+    a = noise_ceiling(before, after, stat="mean", seed=4)
+    pd.testing.assert_frame_equal(a, noise_ceiling(before, after, stat="mean", seed=4))
+    assert not a.equals(noise_ceiling(before, after, stat="mean", seed=5))
+    # the prompt halves do not depend on whether the sample halves can be drawn
+    no_samples = noise_ceiling(before.drop(columns="sample"), after.drop(columns="sample"), stat="mean", seed=4)
+    assert no_samples.loc["prompts", "r_half"] == a.loc["prompts", "r_half"]
+    assert no_samples.loc["samples", "n_splits"] == 0
+
+
+def test_noise_ceiling_errors_name_the_problem():
+    from anatomy.predict import noise_ceiling
+
+    one_prompt = _concept_frames(np.zeros((1, 3, 4)))
+    with pytest.raises(ValueError, match="at least 2 prompts"):
+        noise_ceiling(one_prompt, one_prompt)
+    two_concepts = _concept_frames(np.zeros((5, 2, 2)))
+    with pytest.raises(ValueError, match="at least 3 concepts"):
+        noise_ceiling(two_concepts, two_concepts)
+    frames = _concept_frames(np.zeros((5, 2, 4)))
+    with pytest.raises(ValueError, match="n_splits"):
+        noise_ceiling(frames, frames, n_splits=0)
+    with pytest.raises(ValueError, match="different prompts"):
+        noise_ceiling(frames, _concept_frames(np.zeros((6, 2, 4))))
+    with pytest.raises(ValueError, match="stat"):
+        noise_ceiling(frames, frames, stat="median")
+    with pytest.raises(ValueError, match="pandas"):
+        noise_ceiling(np.zeros((10, 4)), frames)
+
+
+# ----------------------------------------------------------------------------- the benchmark's SAE lens
+
+
+def _reproduce_predict():
+    """benchmarks/reproduce_predict.py as a module (its helpers, not its run)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce_predict.py"
+    spec = importlib.util.spec_from_file_location("reproduce_predict", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cached_frame_reads_back_the_same_rollouts(tmp_path):
+    bench = _reproduce_predict()
+    df = pd.DataFrame({"prompt_id": ["007", "010"], "sample": [0, 1],
+                       "prompt": [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "yo"}]],
+                       "response": ["a **b**", ""], "n_tokens": [3, 0], "finished": [True, False],
+                       "margin": [0.1 + 0.2, -1 / 3]})
+    calls = []
+    first = bench.cached_frame(tmp_path / "x.jsonl", lambda: calls.append(1) or df)
+    again = bench.cached_frame(tmp_path / "x.jsonl", lambda: calls.append(1) or df)
+    assert calls == [1]  # made once, then read back
+    pd.testing.assert_frame_equal(first, df)
+    pd.testing.assert_frame_equal(again, df)  # ids stay strings, floats exact, messages intact
+
+
+@pytest.fixture(scope="module")
+def small_diagnosis(model, sae):
+    from anatomy import DiagnoseConfig, diagnose, load_preferences, sample_pairs
+
+    pairs = sample_pairs(load_preferences("organism", split="train"), 24, seed=0)
+    config = DiagnoseConfig(min_size=4, n_boot=0, n_label_pairs=0)
+    return pairs, diagnose(pairs, model=model, sae=sae, config=config, progress=False)
+
+
+def test_diagnosis_scorer_reads_rollouts_in_the_diagnosis_units(model, sae, small_diagnosis):
+    # the chosen responses rolled out again: the scorer must give what the diagnosis read on them
+    from dataclasses import replace
+
+    from anatomy.evals import diagnosis_scorer
+    from anatomy.features import cluster_scores
+
+    pairs, dx = small_diagnosis
+    as_rollouts = pd.DataFrame({"prompt_id": [p["id"] for p in pairs], "sample": 0,
+                                "prompt": [p["prompt"] for p in pairs], "response": [p["chosen"] for p in pairs]})
+    got = diagnosis_scorer(model, sae, dx)(as_rollouts)
+    want = cluster_scores(dx.features, dx.clusters, span="chosen")
+    assert list(got.columns) == [f"diagnosis:{k}" for k in want.columns]
+    close = np.isclose(got.to_numpy(), want.to_numpy(), atol=1e-4)
+    assert close.mean() > 0.99, np.argwhere(~close)[:5]  # a feature right at its gate may flip by rounding
+    # without the gate the same responses score higher: the gate is applied, with the training thresholds
+    ungated = diagnosis_scorer(model, sae, replace(dx, config=replace(dx.config, gate=0.0)))(as_rollouts)
+    assert (ungated.to_numpy() >= got.to_numpy() - 1e-6).all() and (ungated.to_numpy() > got.to_numpy() + 1e-6).any()
+
+
+def test_diagnosis_selection_follows_the_written_rule(small_diagnosis):
+    bench = _reproduce_predict()
+    _, dx = small_diagnosis
+    chosen = bench.diagnosis_selection(dx, alpha=0.05, top=20)
+    rows = dx.rerank(one_per_concept=False)
+    wide = rows[rows["group"] == -1].set_index("concept")["q"]
+    n_clusters = int(dx.clusters["cluster"].max()) + 1
+    assert chosen["sae_diagnosis"] == sorted(int(c) for c in wide.index[wide < 0.05])
+    assert chosen["sae_diagnosis_top20"] == [int(c) for c in dx.ranked["concept"].head(20)]
+    assert chosen["sae_diagnosis_all"] == list(range(n_clusters)) and len(wide) == n_clusters
+
+
+def test_planted_matches_names_every_concept_a_cluster_reads():
+    from anatomy.organism import CONCEPTS
+
+    bench = _reproduce_predict()
+    auc = pd.DataFrame(0.5, index=pd.RangeIndex(3, name="cluster"), columns=[*CONCEPTS, "kind_truncated"])
+    auc.loc[0, "bold"], auc.loc[0, "header"] = 0.85, 0.95
+    auc.loc[1, "kind_truncated"] = 0.99  # not a planted concept
+    auc.loc[2, "table"] = 0.8  # a control is planted too (on both sides)
+    assert bench.planted_matches(auc, 0.8) == {0: "header,bold", 1: "", 2: "table"}
