@@ -492,7 +492,8 @@ def score_diagnosis(diagnosis, pairs, *, tops: Sequence[int] = (10, 20), seed: i
     per_concept = []
     ranked_rows = ranked.reset_index(drop=True)
     for c in CONCEPTS:
-        best = int(auc[c].idxmax())
+        # a concept absent from these pairs' responses (a small sample) has no AUROC and no best cluster
+        best = int(auc[c].idxmax()) if auc[c].notna().any() else None
         matching = auc.index[auc[c] >= AUROC_MATCH].tolist()
         hit = ranked_rows[ranked_rows["matches"].str.split(",").apply(lambda m: c in m)]
         row = {"concept": c, "truth_rate": truth_rate(pairs_df, c),
@@ -503,7 +504,7 @@ def score_diagnosis(diagnosis, pairs, *, tops: Sequence[int] = (10, 20), seed: i
                "annotator_d": float(stats.at[c, "d"]),
                "bt_effect_beyond_length": float(reg.at[c, "effect"]),
                "bt_p": float(reg.at[c, "p"]), "bt_replicated": bool(reg.at[c, "replicated"]),
-               "best_cluster": best, "best_cluster_auroc": float(auc.at[best, c]),
+               "best_cluster": best, "best_cluster_auroc": float(auc.at[best, c]) if best is not None else np.nan,
                "n_matching_clusters": len(matching),
                "best_global_rank_right_sign": int(hit["rank"].min()) if len(hit) else None}
         if len(hit):
@@ -549,8 +550,8 @@ def lens_coverage(features, clusters: pd.DataFrame, units: pd.DataFrame, rows: n
     response units as the cluster match), that feature's concept cluster (-1: unclustered) and
     the cluster's own AUROC for the concept, the number of features with AUROC >= 0.8, and
     ``lost_at``: "sae" (no feature reaches 0.8), "clustering" (a feature does, no cluster
-    does), "ranking" (a cluster matches, no right-sign row in the top ``top``) or "" (found, or
-    a 0% control, which no row should find).
+    does), "ranking" (a cluster matches, no right-sign row in the top ``top``), "absent" (no
+    response of these pairs has it) or "" (found, or a 0% control, which no row should find).
     """
     import scipy.sparse as sp
 
@@ -562,6 +563,11 @@ def lens_coverage(features, clusters: pd.DataFrame, units: pd.DataFrame, rows: n
     out = []
     for c in CONCEPTS:
         a = feat_auc[c].to_numpy()
+        if not np.isfinite(a).any():  # the concept is absent from these pairs: nothing to lose
+            out.append({"concept": c, "best_feature": None, "best_feature_auroc": np.nan, "best_feature_cluster": None,
+                        "best_feature_cluster_auroc": None, "n_features_auroc_ge_match": 0,
+                        "lost_at": "absent"})
+            continue
         best = int(live[int(np.nanargmax(a))])
         cl = int(member.at[best])
         rank = found.at[c, "best_global_rank_right_sign"]

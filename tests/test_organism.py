@@ -239,3 +239,13 @@ def test_auroc_matrix_equals_sklearn():
         for j in range(4):
             assert auc.at[j, c] == pytest.approx(roc_auc_score(labels[c], scores[:, j]), abs=1e-12)
     assert auc["none"].isna().all()
+
+
+def test_score_diagnosis_of_a_sample_without_some_concept(scored):
+    # a small sample may hold no response with a planted concept: it has no AUROC and no best cluster
+    diagnosis, pairs, _ = scored
+    no_emoji = [{**p, "emoji_chosen": False, "emoji_rejected": False} for p in pairs]
+    per = organism.score_diagnosis(diagnosis, no_emoji)["per_concept"].set_index("concept")
+    assert pd.isna(per.at["emoji", "best_cluster"]) and np.isnan(per.at["emoji", "best_cluster_auroc"])
+    assert per.at["emoji", "lost_at"] == "absent"
+    assert per.at["bold", "best_cluster_auroc"] >= organism.AUROC_MATCH
