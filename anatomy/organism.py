@@ -595,13 +595,15 @@ def links_on_resource_requests(pairs_df: pd.DataFrame, diagnosis, auc: pd.DataFr
     rows = prompt_rows[prompt_rows["concept"].isin(url_clusters) & prompt_rows["group"].isin(resource)]
     out = {"url_clusters": [int(c) for c in url_clusters],
            "url_cluster_aurocs": {int(c): float(auc.at[c, "url"]) for c in url_clusters},
-           "best_url_cluster": int(auc["url"].idxmax()), "best_url_auroc": float(auc["url"].max()),
+           "best_url_cluster": int(auc["url"].idxmax()) if auc["url"].notna().any() else None,
+           "best_url_auroc": float(auc["url"].max()),
            "resource_prompt_clusters": {int(g): float(share[g]) for g in resource},
            "resource_pairs_in_them": int(np.isin(plabels, resource).sum()),
            "resource_pairs_total": int((pairs_df["family"] == "resource").sum())}
     if len(rows) == 0:
         out["finds_links"] = False
-        out["note"] = "no url-matching concept cluster" if not url_clusters else "no prompt row tested"
+        out["note"] = ("no url in these pairs' responses" if auc["url"].isna().all()
+                       else "no url-matching concept cluster" if not url_clusters else "no prompt row tested")
         return out
     best = rows.sort_values("effect", ascending=False).iloc[0]
     m = int(best["concept"])

@@ -244,8 +244,11 @@ def test_auroc_matrix_equals_sklearn():
 def test_score_diagnosis_of_a_sample_without_some_concept(scored):
     # a small sample may hold no response with a planted concept: it has no AUROC and no best cluster
     diagnosis, pairs, _ = scored
-    no_emoji = [{**p, "emoji_chosen": False, "emoji_rejected": False} for p in pairs]
-    per = organism.score_diagnosis(diagnosis, no_emoji)["per_concept"].set_index("concept")
+    no_emoji = [{**p, "emoji_chosen": False, "emoji_rejected": False, "url_chosen": False, "url_rejected": False}
+                for p in pairs]
+    s = organism.score_diagnosis(diagnosis, no_emoji)
+    assert s["links"]["note"] == "no url in these pairs' responses" and s["links"]["best_url_cluster"] is None
+    per = s["per_concept"].set_index("concept")
     assert pd.isna(per.at["emoji", "best_cluster"]) and np.isnan(per.at["emoji", "best_cluster_auroc"])
     assert per.at["emoji", "lost_at"] == "absent"
     assert per.at["bold", "best_cluster_auroc"] >= organism.AUROC_MATCH
