@@ -51,7 +51,7 @@ reproduce-diagnose: install
 reproduce-predict: install
 	$(PY) benchmarks/reproduce_predict.py
 
-# plain DPO and each intervention explaining away five planted concepts -> results/sculpt.json + figures/08_*.html
+# plain DPO and each intervention explaining away five planted concepts (~2 h) -> results/sculpt.json + figures/08_*.html
 # (resumable: each run writes results/sculpt_runs/<method>.json; `--quick` for a small version)
 reproduce-sculpt: install
 	$(PY) benchmarks/reproduce_sculpt.py
