@@ -1,7 +1,7 @@
 """Explain away five planted concepts with each method, measure what each recovers (`make reproduce-sculpt`).
 
-On the organism, with the seed and dose of `make reproduce-predict`'s headline sized to fit
-a working session (the first 128 of its 256 training pairs, 2 epochs at lr 4e-5: the same
+On the organism, with the seed and dose of `make reproduce-predict`'s headline at half its pairs
+(the first 128 of its 256 training pairs, 2 epochs at lr 4e-5: the same
 lr × steps; β 0.1; the same 64 held-out prompts × 2 samples × 64 tokens at T 0.7;
 ``--n-train 256 --lr 2e-5`` is the headline size, ~3 h), train plain DPO and one run per
 method of ``anatomy.interventions.METHODS``, each explaining away bold, list_item, emoji,
