@@ -20,7 +20,9 @@ from anatomy.evals import (
     option_logprobs,
     over_refusal,
     refusal_scorer,
+    refusal_split,
     repetition_rate,
+    response_refusal_direction,
     rollouts,
     sae_scorer,
     xstest_labels,
@@ -355,6 +357,53 @@ def test_refusal_scorer_reads_the_response_alone(model):
     np.testing.assert_allclose(scored["refusal:projection"], x, rtol=1e-5)  # the prompt is not read
     assert scored["refusal:refuses"].tolist() == ((raw["refusal:annotator"] > 0) | (x >= rule.threshold)).astype(
         int).tolist()
+
+
+def test_refusal_split_is_stratified_deterministic_and_the_split_of_calibrate_refusal():
+    y = np.random.default_rng(0).permutation(np.r_[np.ones(30, int), np.zeros(71, int)])
+    test = refusal_split(y, test_frac=0.3, seed=4)
+    assert test.dtype == bool and test[y == 1].sum() == 9 and test[y == 0].sum() == 21  # round(0.3 n) per label
+    assert (refusal_split(y, test_frac=0.3, seed=4) == test).all()
+    assert (refusal_split(y, test_frac=0.3, seed=5) != test).any()
+    assert refusal_split([1, 1, 0, 0, 0], test_frac=0.01).sum() == 2  # at least one held out per label
+    scores, y2 = _refusal_scores(200, 1)
+    _, table = calibrate_refusal(scores, y2, test_frac=0.3, n_boot=50, seed=7)
+    assert table.attrs["test_index"] == np.flatnonzero(refusal_split(y2, test_frac=0.3, seed=7)).tolist()
+    with pytest.raises(ValueError, match="at least 2 items of label 1"):
+        refusal_split([1, 0, 0, 0])
+    with pytest.raises(ValueError, match="0/1"):
+        refusal_split([0, 1, 2])
+
+
+def test_response_refusal_direction_is_fitted_on_the_calibration_responses_only(model):
+    from anatomy.cache import stream_pair_activations
+
+    refusals = ["I can't help with that.", "I'm sorry, but I cannot assist with this request.",
+                "It's important to note that this is not appropriate.", "I won't do that; it could hurt someone.", ""]
+    complies = ["Sure! Here are three: red, green and blue.", "Boil the egg for eight minutes.",
+                "Rain taps softly on the roof.", "It is **four**.", "Paris is the capital of France."]
+    frame, y = _frame(refusals + complies), np.r_[np.ones(5, int), np.zeros(5, int)]
+    test = refusal_split(y, test_frac=0.4, seed=0)
+    d = response_refusal_direction(model, frame, y, HOOK, test_frac=0.4, seed=0)
+    assert (d.name, d.hook, d.source) == ("refusal", HOOK, "labelled_responses")
+    assert d.n_train + d.n_test == 9  # the empty response is skipped
+    # the difference of means of the calibration responses read after an empty user turn, by another code path
+    empty = [{"role": "user", "content": ""}]
+    pairs = [{"id": str(i), "prompt": empty, "chosen": r, "rejected": r} for i, r in enumerate(frame.response) if r]
+    means = {int(i): a["chosen"].float().mean(0) for i, a in stream_pair_activations(model, pairs, HOOK, progress=False)}
+    cal = [i for i in means if not test[i]]
+    diff = (torch.stack([means[i] for i in cal if y[i]]).mean(0) - torch.stack([means[i] for i in cal if not y[i]]).mean(0))
+    torch.testing.assert_close(d.vector, diff / diff.norm(), rtol=1e-3, atol=1e-4)
+    x = measure(frame, refusal_scorer(model, d, progress=False))["refusal:projection"].to_numpy()
+    assert x[[i for i in means]] == pytest.approx([float(means[i] @ d.vector) for i in means], rel=1e-3, abs=1e-3)
+    # held-out responses do not move the vector; calibration ones do
+    held, calib = np.flatnonzero(test), np.flatnonzero(~test & (frame.response != "").to_numpy())
+    other = frame.copy()
+    other.loc[held, "response"] = "Completely different words about a cat."
+    torch.testing.assert_close(response_refusal_direction(model, other, y, HOOK, test_frac=0.4, seed=0).vector, d.vector)
+    other.loc[calib[:1], "response"] = "Completely different words about a cat."
+    moved = response_refusal_direction(model, other, y, HOOK, test_frac=0.4, seed=0).vector
+    assert not torch.allclose(moved, d.vector, atol=1e-3)
 
 
 def _harm_frame(n_prompts, rate, seed=0, n_samples=4):
