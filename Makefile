@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install browser demo test bench organism reproduce-diagnose reproduce-predict reproduce-sculpt clean
+.PHONY: install browser demo test bench organism reproduce-diagnose reproduce-predict reproduce-sculpt reproduce-amplify clean
 
 install: $(STAMP)
 
@@ -55,6 +55,11 @@ reproduce-predict: install
 # (resumable: each run writes results/sculpt_runs/<method>.json; `--quick` for a small version)
 reproduce-sculpt: install
 	$(PY) benchmarks/reproduce_sculpt.py
+
+# safeguards and a personality amplified on purpose, with the capability cost (~75 min; needs ../shared/data)
+# -> results/amplify.json + figures/09_*.html (resumable: results/amplify_runs/<model>.json; `--quick` for a small version)
+reproduce-amplify: install
+	$(PY) benchmarks/reproduce_amplify.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

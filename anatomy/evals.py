@@ -41,6 +41,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -382,8 +383,8 @@ def direction_scorer(model, directions, *, pooling: Literal["mean", "max"] = "me
     Args:
         model: the ``TransformerBridge`` that reads the rollouts: the pre-DPO model,
             a separate instance from a policy trained in place (see the module docstring).
-        directions: a ``probes.Direction``, a list of them, or a mapping name -> Direction;
-            each needs its ``hook``.
+        directions: a ``probes.Direction``, a list of them, or a mapping name -> Direction
+            or ``(hook, vector)`` (as ``interventions.compile_plan`` takes them); each needs its hook.
         pooling: ``"mean"`` or ``"max"`` of the per-token projections
             ``h_t · unit(vector)`` over the response tokens.
 
@@ -392,8 +393,9 @@ def direction_scorer(model, directions, *, pooling: Literal["mean", "max"] = "me
     """
     if pooling not in ("mean", "max"):
         raise ValueError(f"pooling must be 'mean' or 'max', got {pooling!r}")
-    if isinstance(directions, Mapping):
-        items = list(directions.items())
+    if isinstance(directions, Mapping):  # values: Directions, or (hook, vector) as compile_plan takes them
+        items = [(n, d if hasattr(d, "vector") else SimpleNamespace(hook=d[0], vector=torch.as_tensor(d[1])))
+                 for n, d in directions.items()]
     else:
         directions = [directions] if hasattr(directions, "vector") else list(directions)
         items = [(d.name, d) for d in directions]

@@ -193,6 +193,8 @@ def test_direction_scorer_matches_project_spans(model):
     for d in dirs:
         ref = project_spans(model, pairs, HOOK, d.vector, reduce="mean", progress=False)["chosen"]
         assert out[f"direction:{d.name}"].to_numpy() == pytest.approx(ref.to_numpy(), rel=1e-4, abs=1e-4)
+    as_tuple = measure(frame, direction_scorer(model, {"d0": (HOOK, vecs[0])}, progress=False))  # compile_plan's form
+    assert as_tuple["direction:d0"].to_numpy() == pytest.approx(out["direction:d0"].to_numpy(), abs=1e-6)
     mx = direction_scorer(model, {"top": dirs[0]}, pooling="max", progress=False)(_frame(TEXTS[:1] + [""]))
     assert np.isfinite(mx["direction:top"][0]) and math.isnan(mx["direction:top"][1])  # empty response: NaN
     with pytest.raises(ValueError, match="'hook'"):
