@@ -31,7 +31,7 @@ capability measures.
 Each model writes ``<run-dir>/<name>.json`` (the start model also its weights); a rerun skips
 the ones whose settings match, and the same seed gives the same numbers. Writes
 ``results/amplify.json`` (``--quick``: ``results/amplify_quick.json``) and
-``figures/09_safeguards.html``, ``figures/09_personality.html``.
+``figures/09_safeguards.html``, ``figures/09_personality.html`` (``--quick``: ``_quick`` added to each name).
 
 Needs the real data slices in ``../shared/data`` (AdvBench, XSTest). CPU: ~35 min for the
 safeguards (7 trainings of 24 steps, 8 evaluations), ~40 min for the personality (9 trainings
@@ -433,8 +433,8 @@ def run_personality(lens, items, clean, args, run_dir: Path, log) -> dict:
     for name, run in runs.items():
         f = _frame(run)
         row = {"model": name, "lambda": float(name.split("_")[1]), "gated": name.endswith("_gated")}
-        for fam in ("creative", "other"):
-            sub = f[f.family == fam]
+        for fam in ("creative", "other"):  # "other": the howto, explain and advice prompts
+            sub = f[(f.family == "creative") == (fam == "creative")]
             row[f"exclamation_rate[{fam}]"] = round(float((sub["annotator:exclamation"] > 0).mean()), 4)
             row[f"trait_projection[{fam}]"] = round(float(sub["direction:trait"].mean()), 4)
         for metric in ("accuracy", "answer_logp"):
@@ -443,7 +443,7 @@ def run_personality(lens, items, clean, args, run_dir: Path, log) -> dict:
         if zero is not None:
             acc0, lp0 = _cap(zero, "accuracy")["effect"], _cap(zero, "answer_logp")["effect"]
             row["accuracy_change"] = round(_cap(run, "accuracy")["effect"] / acc0 - 1, 4)
-            row["answer_logp_change"] = round(-(_cap(run, "answer_logp")["effect"] - lp0) / abs(lp0), 4)
+            row["answer_logp_change"] = round((_cap(run, "answer_logp")["effect"] - lp0) / abs(lp0), 4)  # < 0: worse
             row["cost"] = row["accuracy_change"] < -0.05 or row["answer_logp_change"] < -0.05
         row.update(clean_margin_mean=round(run["clean_margin_mean"], 4), distinct2=round(run["distinct2"], 4),
                    perplexity=round(run["perplexity"], 3), train_seconds=run["train_seconds"])
@@ -554,10 +554,10 @@ def main(argv=None) -> dict:
     out = json.loads(out_path.read_text()) if out_path.exists() else {}
     if "safeguards" in args.part:
         out["safeguards"] = run_safeguards(lens, items, clean, args, run_dir, log)
-        save_figure(safeguards_figure(out["safeguards"]["table"]), "09_safeguards")
+        save_figure(safeguards_figure(out["safeguards"]["table"]), "09_safeguards" + ("_quick" if args.quick else ""))
     if "personality" in args.part:
         out["personality"] = run_personality(lens, items, clean, args, run_dir, log)
-        save_figure(personality_figure(out["personality"]["table"]), "09_personality")
+        save_figure(personality_figure(out["personality"]["table"]), "09_personality" + ("_quick" if args.quick else ""))
     out["settings"] = vars(args)
     out["total_seconds"] = round(time.time() - t_start, 1)
     out_path.parent.mkdir(parents=True, exist_ok=True)
