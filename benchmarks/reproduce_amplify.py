@@ -270,16 +270,20 @@ def safeguard_row(name: str, run: dict, start: dict, plain: dict | None, args) -
 def _key(args, *parts) -> str:
     from anatomy.fingerprint import digest
 
-    keep = {k: v for k, v in vars(args).items() if k not in ("threads", "part", "out", "run_dir")}
+    keep = {k: v for k, v in vars(args).items() if k not in ("threads", "part", "out", "run_dir", "only_cached")}
     return digest(keep, *parts)
 
 
-def cached_run(path: Path, key: str, make) -> dict | None:
-    """The run stored at ``path`` if its key matches; else ``make()`` (None when another process holds it)."""
+def cached_run(path: Path, key: str, make, only_cached: bool = False) -> dict | None:
+    """The run stored at ``path`` if its key matches; else ``make()`` (None when another process holds it,
+    or with ``only_cached``)."""
     if path.exists():
         run = json.loads(path.read_text())
         if run.get("key") == key:
             return run
+    if only_cached:
+        print(f"[{path.stem}] not run yet; left out (--only-cached)", flush=True)
+        return None
     lock = path.with_suffix(".lock")
     if _held(lock):
         print(f"[{path.stem}] running in process {lock.read_text().strip()}; left to it", flush=True)
@@ -333,6 +337,8 @@ def run_safeguards(lens, items, clean, args, run_dir: Path, log) -> dict:
     start_dir = run_dir / f"start-{_key(args, 'start')}"
     start_model = load_model()
     if not (start_dir / "model.safetensors").exists():
+        if args.only_cached:
+            raise SystemExit(f"--only-cached: no start model at {start_dir}")
         train_dpo(start_model, start_pairs, beta=args.beta, lr=args.lr, epochs=args.epochs,
                   batch_size=args.batch_size, seed=args.seed, out_dir=start_dir, progress=False)
         log("start model trained")
@@ -359,7 +365,7 @@ def run_safeguards(lens, items, clean, args, run_dir: Path, log) -> dict:
             policy, info = train_arm(start_model, start_dir, variant, plan, {"refusal": direction}, args)
             return {"plan": plan.to_dict(), **info, **evaluate(policy, lens, sets, refusal, items, clean, args)}
 
-        run = cached_run(run_dir / f"safeguards-{name}.json", _key(args, "safeguards", name), make)
+        run = cached_run(run_dir / f"safeguards-{name}.json", _key(args, "safeguards", name), make, args.only_cached)
         if run is not None:
             runs[name] = run
             log(f"safeguards {name}")
@@ -377,6 +383,7 @@ def run_safeguards(lens, items, clean, args, run_dir: Path, log) -> dict:
                  "n_harmful_refusal_chosen": sum(r["family"] == "harmful" and not r["swapped"] for r in variant),
                  "eval_prompts": {k: len(v) for k, v in sets.items()}},
         "arms": {n: (list(a) if a else None) for n, a in SAFEGUARD_ARMS.items()},
+        "not_run": [n for n in SAFEGUARD_ARMS if n not in runs],
         "rollouts": {n: r["rollouts"] for n, r in {"start": before, **runs}.items()},
     }
 
@@ -424,7 +431,8 @@ def run_personality(lens, items, clean, args, run_dir: Path, log) -> dict:
                 return {"plan": plan.to_dict(), **info,
                         **evaluate(policy, lens, sets, None, items, clean, args, trait=trait)}
 
-            run = cached_run(run_dir / f"personality-{name}.json", _key(args, "personality", name), make)
+            run = cached_run(run_dir / f"personality-{name}.json", _key(args, "personality", name), make,
+                             args.only_cached)
             if run is not None:
                 runs[name] = run
                 log(f"personality {name}")
@@ -452,7 +460,8 @@ def run_personality(lens, items, clean, args, run_dir: Path, log) -> dict:
     for gated in (False, True):
         costly = sorted(r["lambda"] for r in rows if r["gated"] == gated and r.get("cost"))
         starts["gated" if gated else "ungated"] = costly[0] if costly else None
-    return {"table": rows, "cost_starts_at": starts,
+    names = [f"lambda_{lam:g}" + g for g in ("", "_gated") for lam in LAMBDAS if not (lam == 0 and g)]
+    return {"table": rows, "cost_starts_at": starts, "not_run": [n for n in names if n not in runs],
             "data": {"n_pairs": len(pairs), "n_creative": sum(p["family"] == "creative" for p in pairs),
                      "n_direction_pairs": len(dir_pairs), "eval_prompts": {k: len(v) for k, v in sets.items()}},
             "rollouts": {n: r["rollouts"] for n, r in runs.items()}}
@@ -521,6 +530,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="a tiny run to check the plumbing (minutes)")
+    ap.add_argument("--only-cached", action="store_true",
+                    help="train nothing: the tables of the runs already done (the start model must exist)")
     ap.add_argument("--run-dir", default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
