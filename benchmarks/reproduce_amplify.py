@@ -417,8 +417,8 @@ def run_personality(lens, items, clean, args, run_dir: Path, log) -> dict:
     other = rec(load_eval_prompts(["howto", "explain", "advice"]).shuffle(seed=args.seed))[: args.n_trait_eval]
     sets = {"creative": creative, "other": other}
     runs = {}
-    for gated in (False, True):
-        for lam in LAMBDAS:
+    for lam in LAMBDAS:  # each λ ungated then gated, so a run cut short still compares the two
+        for gated in (False, True):
             if lam == 0 and gated:
                 continue  # λ 0 is plain DPO, gated or not
             name = f"lambda_{lam:g}" + ("_gated" if gated else "")
