@@ -33,9 +33,9 @@ the ones whose settings match, and the same seed gives the same numbers. Writes
 ``results/amplify.json`` (``--quick``: ``results/amplify_quick.json``) and
 ``figures/09_safeguards.html``, ``figures/09_personality.html`` (``--quick``: ``_quick`` added to each name).
 
-Needs the real data slices in ``../shared/data`` (AdvBench, XSTest). CPU: ~35 min for the
-safeguards (7 trainings of 24 steps, 8 evaluations), ~40 min for the personality (9 trainings
-of 16 steps) on a 2-core CPU.
+Needs the real data slices in ``../shared/data`` (AdvBench, XSTest). CPU, measured on a 2-core
+CPU: ~70 min for the safeguards (7 trainings of 24 steps at ~4.5 min, 8 evaluations at ~3.5 min),
+~45 min for the personality (9 trainings of 16 steps at ~3.5 min, evaluations at ~1.5 min).
 
 Usage: python benchmarks/reproduce_amplify.py [--part safeguards personality] [--quick] [--threads 2]
 """
