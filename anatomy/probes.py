@@ -3,14 +3,16 @@
 Takes activations (``Tensor[n, d]`` pooled by ``cache_pairs``, or per-token spans
 from ``stream_pair_activations``) or a model plus prompts, and returns concept
 directions: unit vectors in the residual stream with the AUROC they reach on a
-held-out split. Three sources, each returning a ``Direction``:
+held-out split. Several sources, each returning a ``Direction``:
 
 - ``direction_from_labels``: pooled activations split by an annotator's label
   (e.g. ``concepts.annotate`` flags), by difference of means or a linear probe;
 - ``contrastive_prompt_direction``: persona-vector style, from responses generated
   under a trait-eliciting system prompt and under its opposite, scored without
   the system prompt;
-- ``refusal_direction``: harmful minus harmless prompts at the last prompt token.
+- ``refusal_direction``: harmful minus harmless prompts at the last prompt token;
+- ``cluster_directions`` / ``decoder_directions``: one per SAE concept cluster, labelled by
+  the cluster's own activity, or the sum of its features' decoder vectors (no labels at all).
 
 ``project`` / ``project_spans`` turn a direction into per-token or per-span scores
 (a DataFrame per pair, streamed so memory does not grow with the data);
@@ -274,6 +276,61 @@ def direction_from_labels(
     """
     splits = (*_split(len(acts_pos), test_frac, seed), *_split(len(acts_neg), test_frac, seed + 1))
     return _fit_and_score(name, hook, "labels", acts_pos.float(), acts_neg.float(), splits, method, seed)
+
+
+def cluster_directions(
+    scores_chosen: pd.DataFrame, scores_rejected: pd.DataFrame,
+    acts_chosen: Float[Tensor, "pair d"], acts_rejected: Float[Tensor, "pair d"], *,
+    hook: str, prefix: str = "cluster:", min_group: int = 6, test_frac: float = 0.3, seed: int = 0,
+) -> dict[str, Direction]:
+    """Per concept cluster, a direction labelled by the cluster's own activity: no human labels.
+
+    The responses of the pairs (chosen and rejected, pooled as ``cache_pairs`` pools them)
+    whose cluster score (``features.cluster_scores(..., span=...)``, one column per cluster,
+    rows aligned with the activations) exceeds that cluster's median over all responses are
+    the positives, the rest the negatives; ``direction_from_labels`` (difference of means,
+    held-out AUROC) turns them into a direction. For a sparse cluster the median is 0, so the
+    positives are the responses where it fires. A cluster with fewer than ``min_group``
+    positives or negatives is left out.
+
+    Returns:
+        ``{f"{prefix}{cluster}": Direction}`` in column order.
+    """
+    if list(scores_chosen.columns) != list(scores_rejected.columns):
+        raise ValueError("scores_chosen and scores_rejected must have the same cluster columns")
+    n = len(scores_chosen)
+    if not (len(scores_rejected) == len(acts_chosen) == len(acts_rejected) == n):
+        raise ValueError(f"rows differ: scores {n}/{len(scores_rejected)}, "
+                         f"activations {len(acts_chosen)}/{len(acts_rejected)}")
+    x = torch.cat([acts_chosen, acts_rejected]).float()
+    out = {}
+    for k in scores_chosen.columns:
+        s = np.r_[scores_chosen[k].to_numpy(float), scores_rejected[k].to_numpy(float)]
+        pos = s > np.median(s)
+        if pos.sum() < min_group or (~pos).sum() < min_group:
+            continue
+        mask = torch.as_tensor(pos)
+        out[f"{prefix}{k}"] = direction_from_labels(x[mask], x[~mask], name=f"{prefix}{k}", hook=hook,
+                                                    test_frac=test_frac, seed=seed)
+    return out
+
+
+def decoder_directions(sae, clusters: pd.DataFrame, *, hook: str, prefix: str = "decoder:") -> dict[str, Direction]:
+    """Per concept cluster, the unit sum of its member features' unit decoder vectors.
+
+    ``clusters`` is a ``feature -> cluster`` table (``features.cluster_features``;
+    ``cluster`` -1 = none). The AUROC fields are NaN: nothing was held out.
+    """
+    W = sae.W_dec.detach().float()
+    W = W / W.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+    member = clusters[clusters["cluster"] >= 0]
+    out = {}
+    for k, rows in member.groupby("cluster"):
+        v = W[torch.as_tensor(rows["feature"].to_numpy(np.int64))].sum(0)
+        out[f"{prefix}{int(k)}"] = Direction(name=f"{prefix}{int(k)}", hook=hook, vector=_unit(v), source="sae_decoder",
+                                             train_auroc=float("nan"), heldout_auroc=float("nan"),
+                                             n_train=0, n_test=0)
+    return out
 
 
 def _prompt_list(prompts) -> list[list[dict]]:

@@ -188,7 +188,7 @@ def main(argv=None) -> dict:
         repetition_rate, rollouts, sae_scorer
     from anatomy.models import load_model
     from anatomy.predict import predict_shift, predict_shift_from_features
-    from anatomy.probes import auroc, direction_from_labels
+    from anatomy.probes import auroc, cluster_directions, decoder_directions, direction_from_labels
     from anatomy.features import cluster_features, cluster_scores, feature_summaries
     from anatomy.saes import load_sae
     from anatomy.train import TrainConfig, load_train_run, preference_margins, train_dpo
@@ -281,18 +281,34 @@ def main(argv=None) -> dict:
                          index=[f"diagnosis:{k}" for k in dx_c.columns])
     dx_scale = dx_scale[dx_scale > 0]  # a cluster with no spread on the training responses predicts nothing
     dx_z = predict_shift(dx_c, dx_r, method="z_gap", prefix="diagnosis:")[dx_scale.index]
+    # the same clusters read as directions in the residual stream (the directions lens' units):
+    # labelled by each cluster's own activity ("_dir"), or the sum of its decoder vectors ("_decoder")
+    if list(dx.features.ids) != list(acts.ids):
+        raise ValueError("the diagnosis' features and the pooled activations cover different pairs")
+    cl_dirs = {**cluster_directions(dx_c, dx_r, xc, xr, hook=hook, prefix="cluster:", seed=args.seed),
+               **decoder_directions(sae, dx.clusters, hook=hook, prefix="decoder:")}
+    cl_proj_c = pd.DataFrame({f"direction:{n}": (xc @ d.vector).numpy() for n, d in cl_dirs.items()})
+    cl_proj_r = pd.DataFrame({f"direction:{n}": (xr @ d.vector).numpy() for n, d in cl_dirs.items()})
+    cl_scale = pd.Series(np.sqrt((cl_proj_c.var(ddof=1) + cl_proj_r.var(ddof=1)).to_numpy() / 2),
+                         index=cl_proj_c.columns)
+    cl_z = predict_shift(cl_proj_c, cl_proj_r, method="z_gap")
+    units = {"": (dx_z, "diagnosis:{}"), "_dir": (cl_z, "direction:cluster:{}"),
+             "_decoder": (cl_z, "direction:decoder:{}")}  # lens suffix -> (predictions, column pattern)
     selection = diagnosis_selection(dx, alpha=0.05, top=20)
     dx_scored = score_diagnosis(dx, pairs, seed=args.seed)  # ground truth, read after discovery
     reads = planted_matches(dx_scored["auroc"], AUROC_MATCH)
     for name, ids in selection.items():
-        cols = [f"diagnosis:{k}" for k in ids if f"diagnosis:{k}" in dx_scale.index]
-        pred[name] = dx_z[cols]
-        pred[f"{name}_unmatched"] = dx_z[[c for c in cols if not reads[int(c.split(":", 1)[1])]]]
+        for suffix, (z, pattern) in units.items():
+            kept = [k for k in ids if pattern.format(k) in z.index]
+            pred[name + suffix] = z[[pattern.format(k) for k in kept]]
+            pred[f"{name}{suffix}_unmatched"] = z[[pattern.format(k) for k in kept if not reads[k]]]
     dx_info = {
         "settings": {k: dx.settings.get(k) for k in ("resolution", "resolution_rule", "k_data", "gate", "graph",
                                                        "isolates", "covariate", "seed", "concept_clusters")},
         "n_clusters": int(dx.clusters["cluster"].max()) + 1,
         "n_zero_spread": int(len(dx_c.columns) - len(dx_scale)),
+        "cluster_directions": {n: {"heldout_auroc": round(d.heldout_auroc, 3), "n_train": d.n_train}
+                               for n, d in cl_dirs.items() if n.startswith("cluster:")},
         "selection_rule": "sae_diagnosis: dataset-wide row q < 0.05; sae_diagnosis_top20: first 20 rows of the "
                           "ranking; sae_diagnosis_all: every cluster; *_unmatched: those with AUROC < "
                           f"{AUROC_MATCH} for every organism concept (benchmarks/dev_protocol.md)",
@@ -309,7 +325,7 @@ def main(argv=None) -> dict:
     t0 = time.time()
     margins_before = cached_frame(cache_dir / "margins_before.jsonl", lambda: preference_margins(lens, clean))
     tick("margins_before", t0)
-    scorers = [annotator_scorer(CONCEPTS), direction_scorer(lens, directions, progress=False),
+    scorers = [annotator_scorer(CONCEPTS), direction_scorer(lens, {**directions, **cl_dirs}, progress=False),
                sae_scorer(lens, sae, clusters, stat="active", progress=False),
                diagnosis_scorer(lens, sae, dx)]
     t0 = time.time()
@@ -320,7 +336,8 @@ def main(argv=None) -> dict:
         label_of[col] = label_of[col] + f" ~{c}" if "~" in label_of[col] else f"cluster {col[4:]} ~{c}"
     for k in range(dx_info["n_clusters"]):
         text = f"concept {k}" + (f" · {dx.labels[k]}" if dx.labels.get(k) else "")
-        label_of[f"diagnosis:{k}"] = text + (f" ~{reads[k]}" if reads[k] else "")
+        for pattern in ("diagnosis:{}", "direction:cluster:{}", "direction:decoder:{}"):
+            label_of[pattern.format(k)] = text + (f" ~{reads[k]}" if reads[k] else "")
 
     def evaluate(tag: str, after: pd.DataFrame, margins_after: pd.DataFrame) -> dict:
         """Measure the policy's rollouts with the pre-DPO lens; compare per lens, beside its noise ceiling."""
@@ -330,12 +347,14 @@ def main(argv=None) -> dict:
         mb, ma = m_before.fillna(0.0), m_after.fillna(0.0)  # an empty response projects on nothing
         tick(f"measure[{tag}]", t0)
         dx_frames = _standardised(mb, ma, dx_scale)
+        cl_frames = _standardised(mb, ma, cl_scale)
         readings = {  # lens -> (before, after, stat, tau): what its observed shift and noise ceiling read
             "annotators": (mb, ma, "rate", 0.5),
             "annotators_z": (*_standardised(mb, ma, count_scale), "mean", 0.01),
             "directions": (*_standardised(mb, ma, dir_scale), "mean", 0.01),
             "sae_clusters": (mb, ma, "mean", 0.01),
-            **{name: (*dx_frames, "mean", 0.01) for name in pred if name.startswith("sae_diagnosis")},
+            **{name: (*(cl_frames if "_dir" in name or "_decoder" in name else dx_frames), "mean", 0.01)
+               for name in pred if name.startswith("sae_diagnosis")},
         }
         stats, figs, rows, skipped, ceilings = {}, {}, [], {}, {}
         for lens_name in pred:
