@@ -3,12 +3,15 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from anatomy.probes import (
     Direction,
+    cluster_directions,
     contrastive_prompt_direction,
+    decoder_directions,
     diff_of_means,
     direction_from_labels,
     evaluate_direction,
@@ -157,3 +160,34 @@ def test_project_spans_matches_pooled_cache(model):
         expected = project(pooled.get(HOOK, span, "mean"), direction)
         np.testing.assert_allclose(df[span].to_numpy(), expected.numpy(), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(df["gap"], df["chosen"] - df["rejected"])
+
+
+def test_cluster_directions_find_the_direction_a_cluster_fires_along():
+    """Responses where a cluster fires sit along a planted direction: its own activity
+    (no other label) recovers that direction; a cluster that never varies is left out."""
+    g = torch.Generator().manual_seed(0)
+    d, n = 32, 120
+    planted = torch.zeros(d)
+    planted[3] = 1.0
+    fires_c = torch.rand(n, generator=g) < 0.4
+    fires_r = torch.rand(n, generator=g) < 0.2
+    xc = torch.randn(n, d, generator=g) + 3 * fires_c[:, None].float() * planted
+    xr = torch.randn(n, d, generator=g) + 3 * fires_r[:, None].float() * planted
+    sc = pd.DataFrame({0: fires_c.numpy() * 2.0, 1: np.zeros(n)})
+    sr = pd.DataFrame({0: fires_r.numpy() * 1.0, 1: np.zeros(n)})
+    dirs = cluster_directions(sc, sr, xc, xr, hook="blocks.1.hook_resid_post", seed=0)
+    assert list(dirs) == ["cluster:0"]
+    v = dirs["cluster:0"].vector
+    assert float(v @ planted) / float(v.norm()) > 0.9
+    assert dirs["cluster:0"].heldout_auroc > 0.9
+    with pytest.raises(ValueError, match="rows differ"):
+        cluster_directions(sc, sr, xc[:-1], xr, hook="h")
+
+
+def test_decoder_directions_sum_member_decoders():
+    W = torch.tensor([[2.0, 0, 0], [0, 3.0, 0], [0, 0, 1.0]])
+    sae = type("S", (), {"W_dec": W})()
+    clusters = pd.DataFrame({"feature": [0, 1, 2], "cluster": [0, 0, -1]})
+    dirs = decoder_directions(sae, clusters, hook="h")
+    assert list(dirs) == ["decoder:0"]
+    assert torch.allclose(dirs["decoder:0"].vector, torch.tensor([1.0, 1.0, 0]) / math.sqrt(2))
