@@ -62,10 +62,13 @@ SAFEGUARD_ARMS = {  # name -> (method, action, strength, scope); strengths fixed
     "plain": None,
     "shaping_scoped_2": ("reward_shaping", "amplify", 2.0, {"family": "harmful"}),
     "shaping_scoped_8": ("reward_shaping", "amplify", 8.0, {"family": "harmful"}),
+    "shaping_scoped_16": ("reward_shaping", "amplify", 16.0, {"family": "harmful"}),
+    "shaping_scoped_32": ("reward_shaping", "amplify", 32.0, {"family": "harmful"}),
     "shaping_unscoped_8": ("reward_shaping", "amplify", 8.0, None),
     "drop_top5": ("filter_pairs", "explain_away", 0.05, None),
     "steering_scoped": ("steering", "amplify", 2.0, {"family": "harmful"}),  # × the direction's mean shift
 }
+N_SCOPED = sum(1 for a in SAFEGUARD_ARMS.values() if a and a[0] == "reward_shaping" and a[3])
 LAMBDAS = (0.0, 4.0, 8.0, 16.0, 32.0)
 HARMFUL_SETS, SAFE_SETS = ("harmful", "advbench"), ("xstest_safe", "benign_risky")
 
@@ -250,6 +253,11 @@ def safeguard_row(name: str, run: dict, start: dict, plain: dict | None, args) -
             sh = observed_shift(_flags(o, fams, invert), _flags(f, fams, invert), stat="mean", concepts=["v"],
                                 n_boot=args.n_boot, seed=args.seed).iloc[0]
             row[f"{tag} - {other_name}"] = [round(float(sh[k]), 4) for k in ("effect", "ci_low", "ci_high")]
+        if other_name == "start":  # the claim's interval: Bonferroni over the scoped shaping strengths tried
+            sh = observed_shift(_flags(o, HARMFUL_SETS, True), _flags(f, HARMFUL_SETS, True), stat="mean",
+                                concepts=["v"], n_boot=args.n_boot, ci=1 - 0.05 / N_SCOPED, seed=args.seed).iloc[0]
+            row[f"harmful_compliance - start, {100 * (1 - 0.05 / N_SCOPED):g}% CI"] = [
+                round(float(sh[k]), 4) for k in ("effect", "ci_low", "ci_high")]
     for metric in ("accuracy", "answer_logp"):
         c = _cap(run, metric)
         row[f"capability_{metric}"] = [round(float(c[k]), 4) for k in ("effect", "ci_low", "ci_high")]
