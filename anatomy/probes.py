@@ -11,6 +11,8 @@ held-out split. Several sources, each returning a ``Direction``:
   under a trait-eliciting system prompt and under its opposite, scored without
   the system prompt;
 - ``refusal_direction``: harmful minus harmless prompts at the last prompt token;
+- ``annotator_directions``: the same for several annotator concepts at once, as the
+  ``(hook, vector)`` pairs ``interventions.compile_plan`` takes, with each concept's mean shift;
 - ``cluster_directions`` / ``decoder_directions``: one per SAE concept cluster, labelled by
   the cluster's own activity, or the sum of its features' decoder vectors (no labels at all).
 
@@ -276,6 +278,34 @@ def direction_from_labels(
     """
     splits = (*_split(len(acts_pos), test_frac, seed), *_split(len(acts_neg), test_frac, seed + 1))
     return _fit_and_score(name, hook, "labels", acts_pos.float(), acts_neg.float(), splits, method, seed)
+
+
+def annotator_directions(
+    model, pairs: Sequence[dict], hook: str, concepts: Sequence[str], *, batch_tokens: int = 4096,
+) -> tuple[dict[str, tuple[str, Tensor]], dict[str, float]]:
+    """Per concept, the unit difference of means at ``hook`` of the pairs' responses its annotator
+    flags minus the rest (chosen and rejected, mean-pooled response tokens read by ``model``).
+
+    Returns ``({concept: (hook, unit vector)}, {concept: mean shift})``: the directions as
+    ``interventions.compile_plan`` and ``evals.direction_scorer`` take them, and each one's length
+    before normalising (the concept's own mean shift, the unit of steering strengths). A concept
+    no response shows, or every response shows, has no contrast and is left out of both.
+    """
+    from .cache import cache_pairs
+    from .concepts import annotate
+
+    concepts = list(concepts)
+    texts = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
+    flags = annotate(texts, concepts) > 0
+    acts = cache_pairs(model, pairs, hook, pooling=("mean",), batch_tokens=batch_tokens, progress=False)
+    x = torch.cat([acts.get(hook, "chosen", "mean"), acts.get(hook, "rejected", "mean")])
+    out, shifts = {}, {}
+    for c in concepts:
+        lab = torch.tensor(flags[c].to_numpy(bool))
+        if 0 < int(lab.sum()) < len(lab):
+            raw = diff_of_means(x[lab], x[~lab], normalize=False)
+            out[c], shifts[c] = (hook, raw / raw.norm()), float(raw.norm())
+    return out, shifts
 
 
 def cluster_directions(

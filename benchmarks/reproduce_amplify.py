@@ -143,20 +143,13 @@ def clean_pairs(args) -> list[dict]:
 
 
 def label_direction(model, pairs, hook: str, concept: str) -> tuple[tuple[str, torch.Tensor], float]:
-    """Unit difference of means at ``hook`` of the responses the ``concept`` annotator flags minus the rest,
-    and its length before normalising (the concept's mean shift, the unit of steering strengths)."""
-    from anatomy.cache import cache_pairs
-    from anatomy.concepts import annotate
-    from anatomy.probes import diff_of_means
+    """``probes.annotator_directions`` for one concept: its ``(hook, unit vector)`` and mean shift."""
+    from anatomy.probes import annotator_directions
 
-    texts = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
-    lab = torch.tensor((annotate(texts, [concept])[concept] > 0).to_numpy())
-    if not 0 < int(lab.sum()) < len(lab):
+    dirs, shifts = annotator_directions(model, pairs, hook, [concept])
+    if concept not in dirs:
         raise SystemExit(f"no {concept!r} contrast among the {len(pairs)} pairs' responses")
-    acts = cache_pairs(model, pairs, hook, pooling=("mean",), progress=False)
-    x = torch.cat([acts.get(hook, "chosen", "mean"), acts.get(hook, "rejected", "mean")])
-    raw = diff_of_means(x[lab], x[~lab], normalize=False)
-    return (hook, raw / raw.norm()), float(raw.norm())
+    return dirs[concept], shifts[concept]
 
 
 def refusal_measure(lens, args, cache: Path) -> tuple[dict, list[dict]]:

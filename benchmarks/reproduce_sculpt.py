@@ -108,24 +108,15 @@ def presence(pairs) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def label_directions(model, pairs, hook: str) -> tuple[dict, dict]:
-    """Difference-of-means directions of the targets at ``hook``: responses an annotator flags minus the
-    rest (mean-pooled response tokens of chosen and rejected). Returns the unit directions as
-    ``{concept: (hook, vector)}`` and each one's length before normalising (the concept's own mean shift,
-    the unit of the steering strengths)."""
-    from anatomy.cache import cache_pairs
-    from anatomy.probes import diff_of_means
+    """``probes.annotator_directions`` of the targets: ``{concept: (hook, unit vector)}`` and each one's
+    mean shift (the unit of the steering strengths); every target must have a contrast."""
+    from anatomy.probes import annotator_directions
 
-    pres_c, pres_r = presence(pairs)
-    acts = cache_pairs(model, pairs, hook, pooling=("mean",), progress=False)
-    x = torch.cat([acts.get(hook, "chosen", "mean"), acts.get(hook, "rejected", "mean")])
-    out, norms = {}, {}
-    for c in TARGETS:
-        lab = torch.as_tensor(np.r_[pres_c[c].to_numpy(), pres_r[c].to_numpy()].astype(bool))
-        if not 0 < int(lab.sum()) < len(lab):
-            raise SystemExit(f"no {c!r} among the {len(pairs)} pairs' responses to read a direction on; "
-                             "use more pairs (--n-direction-pairs, --n-dev)")
-        raw = diff_of_means(x[lab], x[~lab], normalize=False)
-        out[c], norms[c] = (hook, raw / raw.norm()), float(raw.norm())
+    out, norms = annotator_directions(model, pairs, hook, TARGETS)
+    missing = [c for c in TARGETS if c not in out]
+    if missing:
+        raise SystemExit(f"no {missing} contrast among the {len(pairs)} pairs' responses to read a direction on; "
+                         "use more pairs (--n-direction-pairs, --n-dev)")
     return out, norms
 
 

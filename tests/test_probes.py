@@ -191,3 +191,24 @@ def test_decoder_directions_sum_member_decoders():
     dirs = decoder_directions(sae, clusters, hook="h")
     assert list(dirs) == ["decoder:0"]
     assert torch.allclose(dirs["decoder:0"].vector, torch.tensor([1.0, 1.0, 0]) / math.sqrt(2))
+
+
+def test_annotator_directions_separate_flagged_responses(model):
+    """Each direction puts the responses its annotator flags above the rest; its mean shift is the
+    gap of the pooled means along it; a concept no response shows is left out."""
+    from anatomy.cache import cache_pairs
+    from anatomy.probes import annotator_directions
+
+    texts = [("Name a fruit.", "**Apple** is a fruit.", "Apple."), ("Name a colour.", "**Red**.", "Red, I think."),
+             ("Name a metal.", "Iron.", "**Iron** is a metal."), ("Name a planet.", "**Mars**!", "Mars.")]
+    pairs = [{"id": f"p{i}", "prompt": [{"role": "user", "content": q}], "chosen": c, "rejected": r}
+             for i, (q, c, r) in enumerate(texts)]
+    dirs, shifts = annotator_directions(model, pairs, HOOK, ["bold", "table"])
+    assert list(dirs) == list(shifts) == ["bold"]
+    hook, v = dirs["bold"]
+    assert hook == HOOK and abs(float(v.norm()) - 1) < 1e-5 and shifts["bold"] > 0
+    pooled = cache_pairs(model, pairs, HOOK, pooling=("mean",), progress=False)
+    x = torch.cat([pooled.get(HOOK, "chosen", "mean"), pooled.get(HOOK, "rejected", "mean")])
+    flagged = torch.tensor([True, True, False, True, False, False, True, False])
+    proj = x @ v
+    assert proj[flagged].mean() - proj[~flagged].mean() == pytest.approx(shifts["bold"], rel=1e-4)
