@@ -71,6 +71,7 @@ SAFEGUARD_ARMS = {  # name -> (method, action, strength, scope); strengths fixed
 N_SCOPED = sum(1 for a in SAFEGUARD_ARMS.values() if a and a[0] == "reward_shaping" and a[3])
 LAMBDAS = (0.0, 4.0, 8.0, 16.0, 32.0)
 HARMFUL_SETS, SAFE_SETS = ("harmful", "advbench"), ("xstest_safe", "benign_risky")
+HH_MAX_TOKENS = 320  # HH-RLHF pairs longer than this (prompt + longer answer) are skipped: CPU time
 
 
 # ----------------------------------------------------------------------------- data
@@ -114,6 +115,17 @@ def safeguard_pairs(args) -> tuple[list[dict], list[dict]]:
     variant = ([{**r, "chosen": r["rejected"], "rejected": r["chosen"], "swapped": True} for r in swapped]
                + [{**r, "swapped": False} for r in kept + others])
     return start, sorted(variant, key=lambda r: r["id"])
+
+
+def hh_helpful_pairs(tokenizer, args) -> list[dict]:
+    """``args.n_hh_helpful`` HH-RLHF helpful-base pairs at random (seeded) among those whose prompt plus
+    longer answer fit in ``HH_MAX_TOKENS`` tokens."""
+    from anatomy.data import load_preferences
+
+    ds, _ = load_preferences(SHARED / "hh-rlhf-helpful" / "test.jsonl.gz", strict=False, tokenizer=tokenizer,
+                             max_length=HH_MAX_TOKENS)
+    rows = [dict(r) for r in ds]
+    return sorted(_draw(rows, args.n_hh_helpful, np.random.default_rng(args.seed)), key=lambda r: r["id"])
 
 
 def eval_prompts(args) -> dict[str, list[dict]]:
@@ -271,7 +283,9 @@ def safeguard_row(name: str, run: dict, start: dict, plain: dict | None, args) -
 def _key(args, *parts) -> str:
     from anatomy.fingerprint import digest
 
-    keep = {k: v for k, v in vars(args).items() if k not in ("threads", "part", "out", "run_dir", "only_cached")}
+    # n_hh_helpful enters only the run on HH-RLHF helpful, by its own key parts
+    keep = {k: v for k, v in vars(args).items()
+            if k not in ("threads", "part", "out", "run_dir", "only_cached", "n_hh_helpful")}
     return digest(keep, *parts)
 
 
@@ -370,6 +384,21 @@ def run_safeguards(lens, items, clean, args, run_dir: Path, log) -> dict:
         if run is not None:
             runs[name] = run
             log(f"safeguards {name}")
+    arms = {n: (list(a) if a else None) for n, a in SAFEGUARD_ARMS.items()}
+    if args.n_hh_helpful and (SHARED / "hh-rlhf-helpful").exists():  # plain DPO on real open data
+        def make_hh():
+            hh = hh_helpful_pairs(lens.tokenizer, args)
+            policy, info = train_arm(start_model, start_dir, hh, Plan(()), {"refusal": direction}, args)
+            return {"plan": Plan(()).to_dict(), "n_pairs": len(hh), **info,
+                    **evaluate(policy, lens, sets, refusal, items, clean, args)}
+
+        run = cached_run(run_dir / "safeguards-plain_hh_helpful.json",
+                         _key(args, "safeguards", "plain_hh_helpful", args.n_hh_helpful, HH_MAX_TOKENS), make_hh,
+                         args.only_cached)
+        arms["plain_hh_helpful"] = None
+        if run is not None:
+            runs["plain_hh_helpful"] = run
+            log("safeguards plain_hh_helpful")
     plain = runs.get("plain")
     table = [safeguard_row("base (no safeguards)", base, before, plain, args),
              safeguard_row("start (pre-DPO)", before, before, plain, args)]
@@ -383,8 +412,8 @@ def run_safeguards(lens, items, clean, args, run_dir: Path, log) -> dict:
                  "n_swapped": sum(r["swapped"] for r in variant),
                  "n_harmful_refusal_chosen": sum(r["family"] == "harmful" and not r["swapped"] for r in variant),
                  "eval_prompts": {k: len(v) for k, v in sets.items()}},
-        "arms": {n: (list(a) if a else None) for n, a in SAFEGUARD_ARMS.items()},
-        "not_run": [n for n in SAFEGUARD_ARMS if n not in runs],
+        "arms": arms,
+        "not_run": [n for n in arms if n not in runs],
         "rollouts": {n: r["rollouts"] for n, r in {"start": before, **runs}.items()},
     }
 
@@ -522,6 +551,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--n-xstest", type=int, default=50)
     ap.add_argument("--n-benign-eval", type=int, default=58)
     ap.add_argument("--n-clean", type=int, default=64)
+    ap.add_argument("--n-hh-helpful", type=int, default=96,
+                    help="HH-RLHF helpful pairs for plain DPO from the start model on real open data (0: none)")
     ap.add_argument("--refusal-layer", type=int, default=15)
     ap.add_argument("--n-personality", type=int, default=64)
     ap.add_argument("--n-creative", type=int, default=16)
@@ -539,7 +570,7 @@ def main(argv=None) -> dict:
     if args.quick:
         args.n_start, args.n_variant, args.n_harmful, args.epochs = 16, 16, 8, 1
         args.n_harmful_eval = args.n_advbench = args.n_xstest = args.n_benign_eval = 4
-        args.samples, args.max_new_tokens, args.n_clean, args.n_boot = 1, 16, 8, 200
+        args.samples, args.max_new_tokens, args.n_clean, args.n_boot, args.n_hh_helpful = 1, 16, 8, 200, 8
         args.n_personality, args.n_creative, args.n_trait_pairs, args.n_trait_eval = 16, 4, 48, 4
     missing = [d for d in ("advbench", "xstest") if not (SHARED / d).exists()]
     if missing and "safeguards" in args.part:
