@@ -56,7 +56,7 @@ reproduce-predict: install
 reproduce-sculpt: install
 	$(PY) benchmarks/reproduce_sculpt.py
 
-# safeguards and a personality amplified on purpose, with the capability cost (~2 h; needs ../shared/data)
+# safeguards and a personality amplified on purpose, with the capability cost (~2.5 h; needs ../shared/data)
 # -> results/amplify.json + figures/09_*.html (resumable: results/amplify_runs/<model>.json; `--quick` for a small version)
 reproduce-amplify: install
 	$(PY) benchmarks/reproduce_amplify.py

@@ -33,8 +33,12 @@ the ones whose settings match, and the same seed gives the same numbers. Writes
 ``results/amplify.json`` (``--quick``: ``results/amplify_quick.json``) and
 ``figures/09_safeguards.html``, ``figures/09_personality.html`` (``--quick``: ``_quick`` added to each name).
 
+Beside the arms, plain DPO from the start model on HH-RLHF helpful-base pairs (real open data;
+``--n-hh-helpful``, skipped when ``../shared/data/hh-rlhf-helpful`` is absent) shows whether real
+data erodes the safeguards too.
+
 Needs the real data slices in ``../shared/data`` (AdvBench, XSTest). CPU, measured on a 2-core
-CPU: ~70 min for the safeguards (7 trainings of 24 steps at ~4.5 min, 8 evaluations at ~3.5 min),
+CPU: ~110 min for the safeguards (10 trainings of 24 steps at ~4.5–8 min, 11 evaluations at ~3.5 min),
 ~45 min for the personality (9 trainings of 16 steps at ~3.5 min, evaluations at ~1.5 min).
 
 Usage: python benchmarks/reproduce_amplify.py [--part safeguards personality] [--quick] [--threads 2]
@@ -249,20 +253,19 @@ def safeguard_row(name: str, run: dict, start: dict, plain: dict | None, args) -
         for fam in SAFE_SETS:
             orf = over_refusal(f, flags, families=fam, n_boot=args.n_boot, seed=args.seed)
             row[f"{label}over_refusal[{fam}]"] = [round(float(orf[k]), 4) for k in ("effect", "ci_low", "ci_high")]
+    bonferroni = 1 - 0.05 / N_SCOPED  # the claim's interval: over the scoped shaping strengths tried
     for other_name, other in (("start", start), ("plain", plain)):
         if other is None or other is run:
             continue
         o = _frame(other)
-        for fams, tag, invert in ((HARMFUL_SETS, "harmful_compliance", True),
-                                  (("xstest_safe",), "over_refusal[xstest_safe]", False)):
+        for fams, tag, invert, ci, suffix in (
+                (HARMFUL_SETS, "harmful_compliance", True, 0.95, ""),
+                (("xstest_safe",), "over_refusal[xstest_safe]", False, 0.95, ""),
+                *([(HARMFUL_SETS, "harmful_compliance", True, bonferroni, f", {100 * bonferroni:g}% CI")]
+                  if other_name == "start" else [])):
             sh = observed_shift(_flags(o, fams, invert), _flags(f, fams, invert), stat="mean", concepts=["v"],
-                                n_boot=args.n_boot, seed=args.seed).iloc[0]
-            row[f"{tag} - {other_name}"] = [round(float(sh[k]), 4) for k in ("effect", "ci_low", "ci_high")]
-        if other_name == "start":  # the claim's interval: Bonferroni over the scoped shaping strengths tried
-            sh = observed_shift(_flags(o, HARMFUL_SETS, True), _flags(f, HARMFUL_SETS, True), stat="mean",
-                                concepts=["v"], n_boot=args.n_boot, ci=1 - 0.05 / N_SCOPED, seed=args.seed).iloc[0]
-            row[f"harmful_compliance - start, {100 * (1 - 0.05 / N_SCOPED):g}% CI"] = [
-                round(float(sh[k]), 4) for k in ("effect", "ci_low", "ci_high")]
+                                n_boot=args.n_boot, ci=ci, seed=args.seed).iloc[0]
+            row[f"{tag} - {other_name}{suffix}"] = [round(float(sh[k]), 4) for k in ("effect", "ci_low", "ci_high")]
     for metric in ("accuracy", "answer_logp"):
         c = _cap(run, metric)
         row[f"capability_{metric}"] = [round(float(c[k]), 4) for k in ("effect", "ci_low", "ci_high")]

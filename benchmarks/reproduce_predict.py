@@ -5,11 +5,13 @@
    annotator-labelled responses at the SAE's layer), SAE concept clusters at a fixed
    resolution (``sae_clusters``: the top clusters by |u| on the training data, plus the
    best-matching cluster of every planted concept) and the SAE lens as a user gets it
-   (``sae_diagnosis``: the concept clusters of ``diagnose`` with its default recipe, in
-   the units of the directions lens; the clusters compared are fixed by the rule in
+   (``sae_diagnosis``: the concept clusters of ``diagnose`` with its default recipe, their
+   gated firing frequencies z-scored as the directions lens is; the clusters compared are fixed by the rule in
    ``benchmarks/dev_protocol.md``: every cluster whose dataset-wide row has q < 0.05;
    also the top 20 of its ranking, every cluster, and each set's clusters that match no
-   planted concept).
+   planted concept). The same clusters are also read as projections on directions
+   (``_dir``: ``probes.cluster_directions``, a direction labelled by each cluster's own
+   activity; ``_decoder``: ``probes.decoder_directions``, the sum of its decoder vectors).
 2. Roll out the pre-DPO model on held-out prompts (the organism's heldout split).
 3. Train plain DPO (``train_dpo``) on the training pairs, once per learning rate
    (default 2e-5, ~28 minutes in all on a 2-core CPU; ``--lr 2e-5 5e-5`` adds a second
@@ -294,6 +296,7 @@ def main(argv=None) -> dict:
     cl_z = predict_shift(cl_proj_c, cl_proj_r, method="z_gap")
     units = {"": (dx_z, "diagnosis:{}"), "_dir": (cl_z, "direction:cluster:{}"),
              "_decoder": (cl_z, "direction:decoder:{}")}  # lens suffix -> (predictions, column pattern)
+    in_direction_units = set()  # the lenses read in projections (their observed shift: cl_scale's units)
     selection = diagnosis_selection(dx, alpha=0.05, top=20)
     dx_scored = score_diagnosis(dx, pairs, seed=args.seed)  # ground truth, read after discovery
     reads = planted_matches(dx_scored["auroc"], AUROC_MATCH)
@@ -302,6 +305,8 @@ def main(argv=None) -> dict:
             kept = [k for k in ids if pattern.format(k) in z.index]
             pred[name + suffix] = z[[pattern.format(k) for k in kept]]
             pred[f"{name}{suffix}_unmatched"] = z[[pattern.format(k) for k in kept if not reads[k]]]
+            if suffix:
+                in_direction_units |= {name + suffix, f"{name}{suffix}_unmatched"}
     dx_info = {
         "settings": {k: dx.settings.get(k) for k in ("resolution", "resolution_rule", "k_data", "gate", "graph",
                                                        "isolates", "covariate", "seed", "concept_clusters")},
@@ -353,7 +358,7 @@ def main(argv=None) -> dict:
             "annotators_z": (*_standardised(mb, ma, count_scale), "mean", 0.01),
             "directions": (*_standardised(mb, ma, dir_scale), "mean", 0.01),
             "sae_clusters": (mb, ma, "mean", 0.01),
-            **{name: (*(cl_frames if "_dir" in name or "_decoder" in name else dx_frames), "mean", 0.01)
+            **{name: (*(cl_frames if name in in_direction_units else dx_frames), "mean", 0.01)
                for name in pred if name.startswith("sae_diagnosis")},
         }
         stats, figs, rows, skipped, ceilings = {}, {}, [], {}, {}
